@@ -1,0 +1,189 @@
+"""`Transformer`: an NNX decoder-only LM with stacked layers and an explicit KV cache.
+
+Parameters of the L layers are stored stacked along a leading "layers" axis and the forward
+pass is one `lax.scan` over them, so compile time does not grow with depth. Every parameter
+carries logical axis names (vocab, embed, heads, kv_heads, head_dim, mlp, layers) as metadata;
+`dera_jax.parallel` maps them to a device mesh.
+
+One call serves training, prefill and decode:
+
+    logits, cache = model(tokens[B, T], positions[B, T], mask[B, T], cache)
+
+`mask` is True for real tokens and False for (left) padding. With `cache=None` the chunk
+attends only to itself (training, scoring); with a cache the chunk is written at `cache.index`
+and attends to everything the cache holds.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from dera_jax.models import layers
+from dera_jax.models.config import TransformerConfig
+from dera_jax.models.kv_cache import KVCache
+
+
+def _param(rngs: nnx.Rngs, shape, axes, *, std: float, dtype, init: str = "normal") -> nnx.Param:
+  if init == "normal":
+    value = std * jax.random.normal(rngs.params(), shape, jnp.float32)
+  elif init == "zeros":
+    value = jnp.zeros(shape, jnp.float32)
+  else:  # ones
+    value = jnp.ones(shape, jnp.float32)
+  return nnx.Param(value.astype(dtype), out_sharding=axes, eager_sharding=False)
+
+
+class DecoderLayers(nnx.Module):
+  """The weights of all L decoder layers, stacked on a leading axis."""
+
+  def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
+    c = config
+    p = lambda shape, axes, init="normal": _param(
+        rngs, (c.num_layers, *shape), ("layers", *axes), std=c.init_std, dtype=c.param_dtype,
+        init=init)
+    norm_init = "zeros" if c.norm_add_one else "ones"
+    self.attn_norm = p((c.d_model,), ("embed",), norm_init)
+    self.q = p((c.d_model, c.num_heads, c.head_dim), ("embed", "heads", "head_dim"))
+    self.k = p((c.d_model, c.num_kv_heads, c.head_dim), ("embed", "kv_heads", "head_dim"))
+    self.v = p((c.d_model, c.num_kv_heads, c.head_dim), ("embed", "kv_heads", "head_dim"))
+    if c.qkv_bias:
+      self.q_bias = p((c.num_heads, c.head_dim), ("heads", "head_dim"), "zeros")
+      self.k_bias = p((c.num_kv_heads, c.head_dim), ("kv_heads", "head_dim"), "zeros")
+      self.v_bias = p((c.num_kv_heads, c.head_dim), ("kv_heads", "head_dim"), "zeros")
+    self.o = p((c.num_heads, c.head_dim, c.d_model), ("heads", "head_dim", "embed"))
+    self.mlp_norm = p((c.d_model,), ("embed",), norm_init)
+    self.gate = p((c.d_model, c.mlp_dim), ("embed", "mlp"))
+    self.up = p((c.d_model, c.mlp_dim), ("embed", "mlp"))
+    self.down = p((c.mlp_dim, c.d_model), ("mlp", "embed"))
+
+  def arrays(self, dtype) -> dict[str, jax.Array]:
+    """The stacked weights as a dict of [L, ...] arrays in the compute dtype."""
+    names = ["attn_norm", "q", "k", "v", "o", "mlp_norm", "gate", "up", "down"]
+    if hasattr(self, "q_bias"):
+      names += ["q_bias", "k_bias", "v_bias"]
+    out = {}
+    for name in names:
+      value = getattr(self, name)[...]
+      # Norm weights stay in storage precision: rms_norm upcasts them itself.
+      out[name] = value if name.endswith("norm") else value.astype(dtype)
+    return out
+
+
+class Transformer(nnx.Module):
+  """Decoder-only LM (Llama/Mistral/Qwen2/Gemma semantics, chosen by `TransformerConfig`)."""
+
+  def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
+    c = config
+    self.config = config
+    self.embed = _param(rngs, (c.vocab_size, c.d_model), ("vocab", "embed"), std=c.init_std,
+                        dtype=c.param_dtype)
+    self.layers = DecoderLayers(config, rngs=rngs)
+    self.final_norm = _param(rngs, (c.d_model,), ("embed",), std=c.init_std,
+                             dtype=c.param_dtype, init="zeros" if c.norm_add_one else "ones")
+    if not c.tie_embeddings:
+      self.lm_head = _param(rngs, (c.d_model, c.vocab_size), ("embed", "vocab"),
+                            std=c.init_std, dtype=c.param_dtype)
+
+  @property
+  def vocab_size(self) -> int:
+    return self.config.vocab_size
+
+  def init_cache(self, batch_size: int, max_len: int) -> KVCache:
+    """An empty cache of `max_len` slots for `batch_size` rows, in the compute dtype."""
+    if max_len > self.config.max_seq_len:
+      raise ValueError(f"init_cache: max_len={max_len} exceeds the model's "
+                       f"max_seq_len={self.config.max_seq_len}")
+    c = self.config
+    return KVCache.init(num_layers=c.num_layers, batch_size=batch_size, max_len=max_len,
+                        num_kv_heads=c.num_kv_heads, head_dim=c.head_dim, dtype=c.dtype)
+
+  def features(self, tokens: jax.Array, positions: jax.Array, mask: jax.Array,
+               cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
+    """Final-norm hidden states.
+
+    Args:
+      tokens: [B, T] int token ids.
+      positions: [B, T] int RoPE positions (from the mask, not from the time step).
+      mask: [B, T] bool, True for real tokens.
+      cache: a `KVCache` to write the chunk into and attend over, or None.
+    Returns:
+      hidden [B, T, D] in the compute dtype, and the updated cache (None without one).
+    """
+    c = self.config
+    dtype = jnp.dtype(c.dtype)
+    tokens = jnp.asarray(tokens, jnp.int32)
+    positions = jnp.asarray(positions, jnp.int32)
+    mask = jnp.asarray(mask, bool)
+    t = tokens.shape[1]
+
+    x = jnp.take(self.embed[...], tokens, axis=0).astype(dtype)
+    if c.scale_embeddings:
+      x = x * jnp.asarray(c.d_model ** 0.5, dtype)
+
+    if cache is None:
+      allowed = layers.attention_mask(
+          query_slots=jnp.arange(t), query_positions=positions, key_slots=jnp.arange(t),
+          key_positions=positions, key_mask=mask, sliding_window=c.sliding_window)
+    else:
+      index = cache.index
+      new_mask = jax.lax.dynamic_update_slice(cache.mask, mask, (0, index))
+      new_pos = jax.lax.dynamic_update_slice(cache.positions, positions, (0, index))
+      allowed = layers.attention_mask(
+          query_slots=index + jnp.arange(t), query_positions=positions,
+          key_slots=jnp.arange(cache.max_len), key_positions=new_pos, key_mask=new_mask,
+          sliding_window=c.sliding_window)
+
+    def layer(x, xs):
+      w, k_cache, v_cache = xs
+      h = layers.rms_norm(x, w["attn_norm"], eps=c.norm_eps, add_one=c.norm_add_one)
+      q = jnp.einsum("btd,dhk->bthk", h, w["q"])
+      k = jnp.einsum("btd,dhk->bthk", h, w["k"])
+      v = jnp.einsum("btd,dhk->bthk", h, w["v"])
+      if c.qkv_bias:
+        q, k, v = q + w["q_bias"], k + w["k_bias"], v + w["v_bias"]
+      q = layers.rope(q, positions, theta=c.rope_theta)
+      k = layers.rope(k, positions, theta=c.rope_theta)
+      if k_cache is not None:
+        k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype),
+                                               (0, index, 0, 0))
+        v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype),
+                                               (0, index, 0, 0))
+        k, v = k_cache.astype(dtype), v_cache.astype(dtype)
+      attn = layers.attention(q, k, v, allowed, scale=c.attention_scale)
+      x = x + jnp.einsum("bthk,hkd->btd", attn, w["o"])
+      h = layers.rms_norm(x, w["mlp_norm"], eps=c.norm_eps, add_one=c.norm_add_one)
+      x = x + layers.gated_mlp(h, w["gate"], w["up"], w["down"], act=c.activation)
+      return x, (k_cache, v_cache)
+
+    weights = self.layers.arrays(dtype)
+    if cache is None:
+      x, _ = jax.lax.scan(lambda x, w: layer(x, (w, None, None)), x, weights)
+      new_cache = None
+    else:
+      x, (k_new, v_new) = jax.lax.scan(layer, x, (weights, cache.k, cache.v))
+      new_cache = KVCache(k=k_new, v=v_new, mask=new_mask, positions=new_pos, index=index + t)
+    x = layers.rms_norm(x, self.final_norm[...], eps=c.norm_eps, add_one=c.norm_add_one)
+    return x, new_cache
+
+  def logits(self, hidden: jax.Array) -> jax.Array:
+    """[B, T, D] hidden states -> [B, T, V] float32 logits."""
+    dtype = jnp.dtype(self.config.dtype)
+    if self.config.tie_embeddings:
+      head = self.embed[...].astype(dtype).T
+    else:
+      head = self.lm_head[...].astype(dtype)
+    return jnp.einsum("btd,dv->btv", hidden, head, preferred_element_type=jnp.float32)
+
+  def __call__(self, tokens: jax.Array, positions: jax.Array, mask: jax.Array,
+               cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
+    """tokens/positions/mask [B, T] -> float32 logits [B, T, V] and the updated cache."""
+    hidden, cache = self.features(tokens, positions, mask, cache)
+    return self.logits(hidden), cache
+
+
+def positions_from_mask(mask: jax.Array) -> jax.Array:
+  """[B, T] bool mask of left-padded rows -> [B, T] int32 positions (0 on the pads)."""
+  mask = jnp.asarray(mask, jnp.int32)
+  return jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0).astype(jnp.int32)

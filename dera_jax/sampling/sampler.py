@@ -1,0 +1,378 @@
+"""The jitted DeRa sampler: two models, one `lax.scan`, many λ.
+
+    sampler = DeRaSampler(sft, aligned, max_prompt_len=64, max_new_tokens=32, stop_ids=[eos])
+    out = sampler(prompts, lambdas=[0.5, 2.0], seed=0)          # one λ per prompt
+    sweep = sampler.sweep(prompts, lambdas=[0, 0.5, 1, 2], seed=0)  # [K, N, ...] outputs
+
+How a call runs:
+1. prompts are left-padded to `max_prompt_len` (a fixed shape: no recompiles across batches);
+2. `_prefill` runs both models over the prompts once and keeps their KV caches;
+3. for a sweep, the caches are tiled K times (`_tile`), one copy per λ;
+4. `_decode` (caches donated) scans over `max_new_tokens` steps. Per step: both models'
+   log-softmax (float32) → mix with each row's λ → temperature → top-k / top-p → draw with a
+   key folded from (seed, row id, step) → feed the token back. Rows stop at any stop id and then
+   emit `pad_id`; once every row has stopped, the model calls are skipped.
+
+Models: any NNX module with `vocab_size`, `init_cache(batch_size, max_len)` (a pytree with
+`.repeat(k)`) and `__call__(tokens, positions, mask, cache) -> (logits, cache)`;
+`dera_jax.models.Transformer` is one. Two models of one architecture run as one vmapped call
+over their stacked weights (this holds a stacked copy of both models' weights).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from dera_jax.sampling import filters, inputs
+from dera_jax.sampling.mixing import mix_log_probs
+
+# How many times each jitted function has been traced (== compiled), for tests and benchmarks.
+TRACE_COUNTS: collections.Counter = collections.Counter()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Spec:
+  """The static half of the compiled functions (hashable)."""
+  mode: str  # "single" | "stacked" | "pair"
+  graphdefs: tuple
+  vocab: int  # number of vocabulary columns sampled from
+  max_len: int  # cache slots: max_prompt_len + max_new_tokens
+  max_new_tokens: int
+  stop_ids: tuple[int, ...]
+  pad_id: int
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleOutput:
+  """What a sampler returns (NumPy arrays; a sweep adds a leading λ axis K).
+
+  Attributes:
+    tokens: [..., N, M] int32 new tokens, `pad_id` after a row's stop token.
+    lengths: [..., N] int32 new tokens per row, the stop token included.
+    logprobs: [..., N, M] float32 log-prob of each token under the sampled policy (the mixture,
+      at the sampling temperature, before top-k / top-p; temperature 1 when greedy); 0 past
+      the length.
+    sft_logprobs: [..., N, M] the same under the SFT model alone (None for one model).
+    aligned_logprobs: [..., N, M] under the aligned model alone (None for one model).
+    lambdas: [..., N] the λ of each row (None for one model).
+    row_ids: [N] the row ids whose keys drew each row.
+  """
+
+  tokens: np.ndarray
+  lengths: np.ndarray
+  logprobs: np.ndarray
+  sft_logprobs: np.ndarray | None
+  aligned_logprobs: np.ndarray | None
+  lambdas: np.ndarray | None
+  row_ids: np.ndarray
+
+  def sequence_logprobs(self) -> np.ndarray:
+    """[..., N] log p_λ(y|x): what the policy that produced y assigns it."""
+    return self.logprobs.sum(-1)
+
+  def sft_sequence_logprobs(self) -> np.ndarray:
+    """[..., N] log π_sft(y|x)."""
+    return self.sft_logprobs.sum(-1)
+
+  def aligned_sequence_logprobs(self) -> np.ndarray:
+    """[..., N] log π_aligned(y|x)."""
+    return self.aligned_logprobs.sum(-1)
+
+  def kl_to_sft(self) -> np.ndarray:
+    """[...] Monte-Carlo KL(p_λ ‖ π_sft): mean over rows of log p_λ(y|x) − log π_sft(y|x)."""
+    return (self.sequence_logprobs() - self.sft_sequence_logprobs()).mean(-1)
+
+  def token_lists(self) -> list:
+    """The new tokens of each row, cut at its length (nested like the leading axes)."""
+    def cut(tokens, lengths):
+      if tokens.ndim == 1:
+        return tokens[:int(lengths)].tolist()
+      return [cut(t, n) for t, n in zip(tokens, lengths)]
+    return cut(self.tokens, self.lengths)
+
+
+# ----------------------------------------------------------------------------- jitted core
+
+
+def _last_log_probs(graphdef, state, tokens, positions, mask, cache):
+  """One model on a chunk -> float32 log-softmax at the chunk's last slot [N, V], cache."""
+  model = nnx.merge(graphdef, state)
+  if hasattr(model, "features") and hasattr(model, "logits"):
+    hidden, cache = model.features(tokens, positions, mask, cache)
+    logits = model.logits(hidden[:, -1:])
+  else:
+    logits, cache = model(tokens, positions, mask, cache)
+  return jax.nn.log_softmax(logits[:, -1].astype(jnp.float32), axis=-1), cache
+
+
+def _run_models(spec: _Spec, states, caches, tokens, positions, mask):
+  """All models on a chunk -> log-probs [n_models, N, spec.vocab] and their caches."""
+  if spec.mode == "stacked":
+    fn = functools.partial(_last_log_probs, spec.graphdefs[0])
+    lp, caches = jax.vmap(fn, in_axes=(0, None, None, None, 0))(
+        states, tokens, positions, mask, caches)
+    return lp[..., :spec.vocab], caches
+  outs = [_last_log_probs(g, s, tokens, positions, mask, c)
+          for g, s, c in zip(spec.graphdefs, states, caches)]
+  lp = jnp.stack([o[0][..., :spec.vocab] for o in outs])
+  return lp, tuple(o[1] for o in outs)
+
+
+def _prefill(spec: _Spec, states, tokens, mask):
+  TRACE_COUNTS["prefill"] += 1
+  n = tokens.shape[0]
+  positions = jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=1) - 1, 0)
+  empty = [nnx.merge(g, s).init_cache(n, spec.max_len)
+           for g, s in zip(spec.graphdefs, _unstacked(spec, states))]
+  if spec.mode == "stacked":
+    caches = jax.tree.map(lambda x: jnp.stack([x, x]), empty[0])
+  else:
+    caches = tuple(empty)
+  log_probs, caches = _run_models(spec, states, caches, tokens, positions, mask)
+  return caches, log_probs
+
+
+def _unstacked(spec: _Spec, states):
+  if spec.mode == "stacked":  # only shapes matter for init_cache: take model 0's slice
+    return [jax.tree.map(lambda x: x[0], states)]
+  return list(states)
+
+
+def _tile(spec: _Spec, caches, log_probs, repeats: int):
+  TRACE_COUNTS["tile"] += 1
+  if spec.mode == "stacked":
+    caches = jax.vmap(lambda c: c.repeat(repeats))(caches)
+  else:
+    caches = tuple(c.repeat(repeats) for c in caches)
+  return caches, jnp.concatenate([log_probs] * repeats, axis=1)
+
+
+def _decode(spec: _Spec, states, caches, log_probs, prompt_lengths, lambdas, temperature, top_k,
+            top_p, seed, row_ids):
+  """The scan over new tokens. Shapes: log_probs [n_models, N, V]; per-row controls [N]."""
+  TRACE_COUNTS["decode"] += 1
+  n = prompt_lengths.shape[0]
+  single = spec.mode == "single"
+
+  def step(carry, t):
+    caches, lp, done, next_pos = carry
+    scores = lp[0] if single else mix_log_probs(lp[0], lp[1], lambdas)
+    policy_lp = filters.apply_temperature(scores, temperature)
+    filtered = filters.maybe_filter(policy_lp, top_k, top_p)
+    keys = filters.row_keys(seed, row_ids, t)
+    token = filters.sample_tokens(keys, filtered, policy_lp, temperature)
+
+    def pick(log_probs):
+      chosen = jnp.take_along_axis(log_probs, token[:, None], axis=-1)[:, 0]
+      return jnp.where(done, 0.0, chosen)
+
+    emitted = jnp.where(done, spec.pad_id, token)
+    out = {"tokens": emitted, "logprobs": pick(policy_lp), "emitting": ~done}
+    if not single:
+      out["sft_logprobs"] = pick(filters.apply_temperature(lp[0], temperature))
+      out["aligned_logprobs"] = pick(filters.apply_temperature(lp[1], temperature))
+    stopped = functools.reduce(jnp.logical_or, [token == s for s in spec.stop_ids],
+                               jnp.zeros_like(done))
+    new_done = done | stopped
+    live = ~new_done
+
+    def forward(operands):
+      caches, _ = operands
+      lp, caches = _run_models(spec, states, caches, emitted[:, None], next_pos[:, None],
+                               live[:, None])
+      return caches, lp
+
+    caches, lp = jax.lax.cond(jnp.all(new_done) | (t == spec.max_new_tokens - 1),
+                              lambda operands: operands, forward, (caches, lp))
+    return (caches, lp, new_done, next_pos + live.astype(jnp.int32)), out
+
+  init = (caches, log_probs, jnp.zeros((n,), bool), prompt_lengths)
+  (caches, _, _, _), outs = jax.lax.scan(step, init, jnp.arange(spec.max_new_tokens))
+  outs = {k: v.T for k, v in outs.items()}  # [M, N] -> [N, M]
+  outs["lengths"] = jnp.sum(outs.pop("emitting"), axis=1, dtype=jnp.int32)
+  return outs, caches
+
+
+_prefill_jit = jax.jit(_prefill, static_argnums=0)
+_tile_jit = jax.jit(_tile, static_argnums=(0, 3))
+_decode_jit = jax.jit(_decode, static_argnums=0, donate_argnums=(2,))
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def _check_model(name: str, model) -> int:
+  for attr in ("vocab_size", "init_cache"):
+    if not hasattr(model, attr):
+      raise ValueError(f"{name}={type(model).__name__}: a model needs `vocab_size`, "
+                       "`init_cache(batch_size, max_len)` and `__call__(tokens, positions, "
+                       f"mask, cache)`; it has no `{attr}`")
+  return int(model.vocab_size)
+
+
+def _same_architecture(graphdef_a, state_a, graphdef_b, state_b) -> bool:
+  if graphdef_a != graphdef_b:
+    return False
+  shapes = lambda s: [(x.shape, x.dtype) for x in jax.tree.leaves(s)]
+  return shapes(state_a) == shapes(state_b)
+
+
+class _SamplerBase:
+  """Shared batching, validation and output assembly of `Sampler` and `DeRaSampler`."""
+
+  def _setup(self, models: Sequence[Any], names: Sequence[str], *, max_prompt_len: int,
+             max_new_tokens: int, stop_ids, pad_id: int, shared_vocab_prefix: bool,
+             stack_models):
+    self.max_prompt_len = inputs.check_int("max_prompt_len", max_prompt_len, low=1)
+    self.max_new_tokens = inputs.check_int("max_new_tokens", max_new_tokens, low=1)
+    vocabs = [_check_model(name, m) for name, m in zip(names, models)]
+    if len(set(vocabs)) > 1 and not shared_vocab_prefix:
+      raise ValueError(
+          f"the models' vocabularies differ: {names[0]} has vocab_size={vocabs[0]}, "
+          f"{names[1]} has vocab_size={vocabs[1]}. If they share one tokenizer and differ only "
+          "by padding rows, pass shared_vocab_prefix=True to mix over the first "
+          f"{min(vocabs)} tokens")
+    self.vocab_size = min(vocabs)
+    if isinstance(stop_ids, (int, np.integer)):
+      stop_ids = [stop_ids]
+    self.stop_ids = tuple(inputs.check_int(f"stop_ids[{i}]", s, low=0, high=self.vocab_size)
+                          for i, s in enumerate(stop_ids))
+    self.pad_id = inputs.check_int("pad_id", pad_id, low=0, high=self.vocab_size)
+    max_len = self.max_prompt_len + self.max_new_tokens
+    for name, model in zip(names, models):
+      limit = getattr(getattr(model, "config", None), "max_seq_len", None)
+      if limit is not None and max_len > limit:
+        raise ValueError(f"max_prompt_len + max_new_tokens = {max_len} exceeds {name}'s "
+                         f"max_seq_len={limit}")
+
+    split = [nnx.split(m) for m in models]
+    graphdefs = tuple(g for g, _ in split)
+    states = tuple(s for _, s in split)
+    if stack_models not in ("auto", True, False):
+      raise ValueError(f"stack_models={stack_models!r}: must be 'auto', True or False")
+    if len(models) == 1:
+      mode = "single"
+    else:
+      same = _same_architecture(graphdefs[0], states[0], graphdefs[1], states[1])
+      if stack_models is True and not same:
+        raise ValueError("stack_models=True needs two models of one architecture (equal "
+                         "configs and parameter shapes); use 'auto' or False")
+      mode = "stacked" if same and stack_models is not False else "pair"
+    if mode == "stacked":
+      graphdefs = graphdefs[:1]
+      states = jax.tree.map(lambda a, b: jnp.stack([a, b]), states[0], states[1])
+    self._states = states
+    self._spec = _Spec(mode=mode, graphdefs=graphdefs, vocab=self.vocab_size, max_len=max_len,
+                       max_new_tokens=self.max_new_tokens, stop_ids=self.stop_ids,
+                       pad_id=self.pad_id)
+
+  @property
+  def mode(self) -> str:
+    """"single", "stacked" (one vmapped call for both models) or "pair" (two calls)."""
+    return self._spec.mode
+
+  def _run(self, prompts, *, lambdas, seed, temperature, top_k, top_p, row_ids, sweep):
+    tokens, mask = inputs.left_pad(prompts, max_len=self.max_prompt_len,
+                                   vocab_size=self.vocab_size, pad_id=self.pad_id)
+    n = tokens.shape[0]
+    if row_ids is None:
+      row_ids = np.arange(n, dtype=np.int32)
+    row_ids = inputs.per_row("row_ids", row_ids, n, dtype=np.int32, check=inputs.check_row_id)
+    temperature = inputs.per_row("temperature", temperature, n, dtype=np.float32,
+                                 check=inputs.check_temperature)
+    top_k = inputs.per_row("top_k", top_k, n, dtype=np.int32, check=inputs.check_top_k)
+    top_p = inputs.per_row("top_p", top_p, n, dtype=np.float32, check=inputs.check_top_p)
+    seed = inputs.check_int("seed", seed, low=0, high=2**32)
+    if sweep:
+      grid = np.asarray(lambdas, dtype=np.float64) if np.ndim(lambdas) else None
+      if grid is None or grid.ndim != 1 or grid.size == 0:
+        raise ValueError(f"lambdas={lambdas!r}: sweep needs a non-empty list of λ values")
+      for i, lam in enumerate(grid.tolist()):
+        problem = inputs.check_lambda(lam)
+        if problem:
+          raise ValueError(f"lambdas[{i}]={lam!r}: {problem}")
+      repeats = grid.size
+      lam_rows = np.repeat(grid.astype(np.float32), n)
+    else:
+      repeats = 1
+      lam_rows = inputs.per_row("lambdas", lambdas, n, dtype=np.float32,
+                                check=inputs.check_lambda)
+
+    caches, log_probs = _prefill_jit(self._spec, self._states, tokens, mask)
+    if repeats > 1:
+      caches, log_probs = _tile_jit(self._spec, caches, log_probs, repeats)
+    tile = lambda x: np.concatenate([x] * repeats)
+    outs, _ = _decode_jit(
+        self._spec, self._states, caches, log_probs, tile(mask.sum(1).astype(np.int32)),
+        lam_rows, tile(temperature), tile(top_k), tile(top_p), np.uint32(seed), tile(row_ids))
+    outs = jax.device_get(outs)
+    shape = (repeats, n) if sweep else (n,)
+    reshape = lambda x: None if x is None else np.asarray(x).reshape(*shape, *x.shape[1:])
+    return SampleOutput(
+        tokens=reshape(outs["tokens"]), lengths=reshape(outs["lengths"]),
+        logprobs=reshape(outs["logprobs"]), sft_logprobs=reshape(outs.get("sft_logprobs")),
+        aligned_logprobs=reshape(outs.get("aligned_logprobs")),
+        lambdas=None if self.mode == "single" else reshape(lam_rows), row_ids=row_ids)
+
+
+class DeRaSampler(_SamplerBase):
+  """Decode from softmax(λ·h_aligned + (1−λ)·h_sft), any finite λ per row.
+
+  Args:
+    sft_model, aligned_model: models with one vocabulary (see the module docstring).
+    max_prompt_len: prompts are left-padded to this many tokens.
+    max_new_tokens: M, new tokens per row.
+    stop_ids: token ids that end a row (a stop id inside the prompt does not).
+    pad_id: emitted after a row stops; also the prompt padding id.
+    shared_vocab_prefix: allow vocabularies of different sizes and mix over the shared prefix.
+    stack_models: "auto" stacks two models of one architecture into one vmapped call;
+      False forces two separate calls; True requires stacking.
+  """
+
+  def __init__(self, sft_model, aligned_model, *, max_prompt_len: int, max_new_tokens: int,
+               stop_ids: Sequence[int] = (), pad_id: int = 0,
+               shared_vocab_prefix: bool = False, stack_models="auto"):
+    self._setup([sft_model, aligned_model], ["sft_model", "aligned_model"],
+                max_prompt_len=max_prompt_len, max_new_tokens=max_new_tokens,
+                stop_ids=stop_ids, pad_id=pad_id, shared_vocab_prefix=shared_vocab_prefix,
+                stack_models=stack_models)
+
+  def __call__(self, prompts, *, lambdas, seed: int = 0, temperature=1.0, top_k=0, top_p=1.0,
+               row_ids=None) -> SampleOutput:
+    """Sample each prompt once; `lambdas`, `temperature`, `top_k`, `top_p` are scalars or one
+    value per prompt. Outputs are [N, ...]."""
+    return self._run(prompts, lambdas=lambdas, seed=seed, temperature=temperature, top_k=top_k,
+                     top_p=top_p, row_ids=row_ids, sweep=False)
+
+  def sweep(self, prompts, *, lambdas: Sequence[float], seed: int = 0, temperature=1.0,
+            top_k=0, top_p=1.0, row_ids=None) -> SampleOutput:
+    """Sample every prompt at every λ of `lambdas` (K values), prefilling each prompt once.
+
+    Outputs have a leading λ axis: tokens [K, N, M], lengths [K, N], …; row i uses the same
+    row id (so the same random keys) at every λ.
+    """
+    return self._run(prompts, lambdas=lambdas, seed=seed, temperature=temperature, top_k=top_k,
+                     top_p=top_p, row_ids=row_ids, sweep=True)
+
+
+class Sampler(_SamplerBase):
+  """The same jitted loop with one model: the single-model path (λ-free)."""
+
+  def __init__(self, model, *, max_prompt_len: int, max_new_tokens: int,
+               stop_ids: Sequence[int] = (), pad_id: int = 0):
+    self._setup([model], ["model"], max_prompt_len=max_prompt_len,
+                max_new_tokens=max_new_tokens, stop_ids=stop_ids, pad_id=pad_id,
+                shared_vocab_prefix=False, stack_models="auto")
+
+  def __call__(self, prompts, *, seed: int = 0, temperature=1.0, top_k=0, top_p=1.0,
+               row_ids=None) -> SampleOutput:
+    return self._run(prompts, lambdas=0.0, seed=seed, temperature=temperature, top_k=top_k,
+                     top_p=top_p, row_ids=row_ids, sweep=False)

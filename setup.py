@@ -1,0 +1,28 @@
+"""dera_jax: decoding-time realignment (DeRa) of language models in JAX/Flax."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="dera_jax",
+    version="0.1.0",
+    description="Decoding-time realignment of language models (DeRa) in JAX/Flax",
+    python_requires=">=3.10",
+    packages=find_packages(include=["dera_jax", "dera_jax.*"]),
+    install_requires=[
+        "jax>=0.6",
+        "flax>=0.12",
+        "optax",
+        "orbax-checkpoint",
+        "ml_collections",
+        "absl-py",
+        "tensorflow-datasets",
+        "array-record",
+        "grain",
+        "numpy",
+    ],
+    extras_require={
+        "test": ["pytest", "hypothesis", "chex", "scipy"],
+        # Reference implementation and speed peer for tests and benchmarks only.
+        "hf": ["torch==2.13.0", "transformers", "safetensors"],
+    },
+)
