@@ -1,0 +1,1 @@
+"""Tokenizers, datasets and the built-in tasks."""
