@@ -94,3 +94,13 @@ def test_models_with_different_vocabularies(sampler):
 def test_objects_that_are_not_models():
   with pytest.raises(ValueError, match=r"aligned_model=str: a model needs `vocab_size`"):
     DeRaSampler(BigramLM(np.zeros((V, V))), "gpt", max_prompt_len=2, max_new_tokens=2)
+
+
+def test_stacking_needs_one_architecture():
+  with pytest.raises(ValueError, match=r"stack_models=True needs two models of one architecture"):
+    DeRaSampler(BigramLM(np.zeros((V, V))), _OtherLM(np.zeros((V, V))), max_prompt_len=2,
+                max_new_tokens=2, stack_models=True)
+
+
+class _OtherLM(BigramLM):
+  """Same vocabulary, different class: a different architecture for the sampler."""

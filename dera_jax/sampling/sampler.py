@@ -15,8 +15,9 @@ How a call runs:
 
 Models: any NNX module with `vocab_size`, `init_cache(batch_size, max_len)` (a pytree with
 `.repeat(k)`) and `__call__(tokens, positions, mask, cache) -> (logits, cache)`;
-`dera_jax.models.Transformer` is one. Two models of one architecture run as one vmapped call
-over their stacked weights (this holds a stacked copy of both models' weights).
+`dera_jax.models.Transformer` is one. Two models of one architecture can run as one vmapped
+call over their stacked weights (`stack_models`; this holds a stacked copy of both models'
+weights); otherwise, and by default on CPU, the two models are two calls in the same step.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class _Spec:
   max_new_tokens: int
   stop_ids: tuple[int, ...]
   pad_id: int
+  model_axes: tuple[int, ...] = ()  # "stacked": the model axis of each state leaf
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,7 +119,8 @@ def _run_models(spec: _Spec, states, caches, tokens, positions, mask):
   """All models on a chunk -> log-probs [n_models, N, spec.vocab] and their caches."""
   if spec.mode == "stacked":
     fn = functools.partial(_last_log_probs, spec.graphdefs[0])
-    lp, caches = jax.vmap(fn, in_axes=(0, None, None, None, 0))(
+    axes = jax.tree.unflatten(jax.tree.structure(states), spec.model_axes)
+    lp, caches = jax.vmap(fn, in_axes=(axes, None, None, None, 0))(
         states, tokens, positions, mask, caches)
     return lp[..., :spec.vocab], caches
   outs = [_last_log_probs(g, s, tokens, positions, mask, c)
@@ -142,7 +145,8 @@ def _prefill(spec: _Spec, states, tokens, mask):
 
 def _unstacked(spec: _Spec, states):
   if spec.mode == "stacked":  # only shapes matter for init_cache: take model 0's slice
-    return [jax.tree.map(lambda x: x[0], states)]
+    axes = jax.tree.unflatten(jax.tree.structure(states), spec.model_axes)
+    return [jax.tree.map(lambda axis, x: jnp.take(x, 0, axis=axis), axes, states)]
   return list(states)
 
 
@@ -225,6 +229,25 @@ def _same_architecture(graphdef_a, state_a, graphdef_b, state_b) -> bool:
   return shapes(state_a) == shapes(state_b)
 
 
+def _stack_states(state_a, state_b):
+  """Stack two models' states for one vmapped call: (stacked state, model axis per leaf).
+
+  The model axis goes first, except for parameters whose leading logical axis is "layers":
+  there it goes second, so that the scan over layers slices contiguous [2, ...] blocks
+  (stacking them in front makes every layer step copy its weights: ~5x slower on CPU).
+  """
+  is_var = lambda x: isinstance(x, nnx.Variable)
+
+  def axis_of(variable):
+    names = variable.get_metadata().get("out_sharding") or ()
+    return 1 if len(names) and names[0] == "layers" else 0
+
+  axes = jax.tree.map(lambda v: jax.tree.map(lambda _: axis_of(v), v), state_a, is_leaf=is_var)
+  stacked = jax.tree.map(lambda axis, a, b: jnp.stack([a, b], axis=axis), axes, state_a,
+                         state_b)
+  return stacked, tuple(jax.tree.leaves(axes))
+
+
 class _SamplerBase:
   """Shared batching, validation and output assembly of `Sampler` and `DeRaSampler`."""
 
@@ -265,14 +288,19 @@ class _SamplerBase:
       if stack_models is True and not same:
         raise ValueError("stack_models=True needs two models of one architecture (equal "
                          "configs and parameter shapes); use 'auto' or False")
-      mode = "stacked" if same and stack_models is not False else "pair"
+      # On CPU two plain calls beat one vmapped call (XLA:CPU runs the batched matmuls of
+      # stacked weights ~1.3x slower: benchmarks/sampler.py), so "auto" stacks elsewhere only.
+      auto_stack = same and jax.default_backend() != "cpu"
+      mode = "stacked" if stack_models is True or (stack_models == "auto" and auto_stack) \
+          else "pair"
+    model_axes = ()
     if mode == "stacked":
       graphdefs = graphdefs[:1]
-      states = jax.tree.map(lambda a, b: jnp.stack([a, b]), states[0], states[1])
+      states, model_axes = _stack_states(states[0], states[1])
     self._states = states
     self._spec = _Spec(mode=mode, graphdefs=graphdefs, vocab=self.vocab_size, max_len=max_len,
                        max_new_tokens=self.max_new_tokens, stop_ids=self.stop_ids,
-                       pad_id=self.pad_id)
+                       pad_id=self.pad_id, model_axes=model_axes)
 
   @property
   def mode(self) -> str:
@@ -333,8 +361,9 @@ class DeRaSampler(_SamplerBase):
     stop_ids: token ids that end a row (a stop id inside the prompt does not).
     pad_id: emitted after a row stops; also the prompt padding id.
     shared_vocab_prefix: allow vocabularies of different sizes and mix over the shared prefix.
-    stack_models: "auto" stacks two models of one architecture into one vmapped call;
-      False forces two separate calls; True requires stacking.
+    stack_models: "auto" stacks two models of one architecture into one vmapped call on
+      accelerators (two calls on CPU, where they are faster); True requires stacking;
+      False always makes two calls.
   """
 
   def __init__(self, sft_model, aligned_model, *, max_prompt_len: int, max_new_tokens: int,
