@@ -19,10 +19,18 @@ setup(
         "array-record",
         "grain",
         "numpy",
+        "ml_dtypes",
+        # Checkpoint import: tokenizers, chat templates, GGUF files (no PyTorch at run time).
+        "tokenizers",
+        "sentencepiece",
+        "jinja2",
+        "gguf",
     ],
     extras_require={
-        "test": ["pytest", "hypothesis", "chex", "scipy"],
-        # Reference implementation and speed peer for tests and benchmarks only.
-        "hf": ["torch==2.13.0", "transformers", "safetensors"],
+        # transformers (PyTorch) is the reference for imported weights and the speed peer:
+        # tests and benchmarks only, never a runtime dependency.
+        "test": ["pytest", "hypothesis", "chex", "scipy", "torch==2.13.0", "transformers",
+                 "safetensors", "accelerate"],
+        "hf": ["torch==2.13.0", "transformers", "safetensors", "accelerate"],
     },
 )
