@@ -26,8 +26,7 @@ def sampler():
     (dict(lambdas=0.5, top_p=1.5), r"top_p=1.5: top_p must be in \(0, 1\]"),
     (dict(lambdas=0.5, top_k=-1), r"top_k=-1: top_k must be >= 0"),
     (dict(lambdas=0.5, top_k=2.5), r"top_k=2.5: must be integers"),
-    (dict(lambdas=0.5, temperature=-0.1), r"temperature=-0.1: temperature must be finite and "
-                                          r">= 0"),
+    (dict(lambdas=0.5, temperature=-0.1), r"temperature=-0.1: temperature must be in \[0, "),
     (dict(lambdas=0.5, temperature=[1.0, float("nan")]), r"temperature\[1\]=nan"),
     (dict(lambdas=0.5, seed=-1), r"seed=-1: must be >= 0"),
     (dict(lambdas=0.5, seed=1.5), r"seed=1.5: must be an integer"),
@@ -92,7 +91,7 @@ def test_models_with_different_vocabularies(sampler):
 
 
 def test_objects_that_are_not_models():
-  with pytest.raises(ValueError, match=r"aligned_model=str: a model needs `vocab_size`"):
+  with pytest.raises(ValueError, match=r"aligned_model=str: a model must be a flax.nnx.Module"):
     DeRaSampler(BigramLM(np.zeros((V, V))), "gpt", max_prompt_len=2, max_new_tokens=2)
 
 

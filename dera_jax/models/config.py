@@ -8,6 +8,8 @@ switches; the defaults are Llama's. The config is hashable, so it can be a stati
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from typing import Literal
 
 ACTIVATIONS = ("silu", "gelu_tanh", "gelu")
@@ -68,8 +70,23 @@ class TransformerConfig:
     for name in ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim",
                  "mlp_dim", "max_seq_len"):
       value = getattr(self, name)
-      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"TransformerConfig.{name}={value!r}: must be a positive integer")
+      object.__setattr__(self, name, int(value))  # NumPy ints become plain ints (hashable)
+    for name in ("norm_add_one", "tie_embeddings", "qkv_bias", "scale_embeddings"):
+      if not isinstance(getattr(self, name), bool):
+        raise ValueError(f"TransformerConfig.{name}={getattr(self, name)!r}: must be True or "
+                         "False")
+    for name in ("rope_theta", "norm_eps", "init_std", "query_scale"):
+      value = getattr(self, name)
+      if name == "query_scale" and value is None:
+        continue
+      if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+          or not math.isfinite(value) or value <= 0):
+        allowed = "None or " if name == "query_scale" else ""
+        raise ValueError(f"TransformerConfig.{name}={value!r}: must be {allowed}a finite "
+                         "number > 0")
+      object.__setattr__(self, name, float(value))
     if self.num_heads % self.num_kv_heads:
       raise ValueError(
           f"TransformerConfig.num_kv_heads={self.num_kv_heads}: must divide "
@@ -89,9 +106,6 @@ class TransformerConfig:
       raise ValueError(
           f"TransformerConfig.sliding_window={self.sliding_window!r}: must be None or a "
           "positive integer")
-    for name in ("rope_theta", "norm_eps", "init_std"):
-      if not getattr(self, name) > 0:
-        raise ValueError(f"TransformerConfig.{name}={getattr(self, name)!r}: must be > 0")
 
   @property
   def attention_scale(self) -> float:

@@ -51,7 +51,7 @@ class KVCache:
         v=jnp.zeros(shape, dtype),
         mask=jnp.zeros((batch_size, max_len), bool),
         positions=jnp.zeros((batch_size, max_len), jnp.int32),
-        index=jnp.zeros((), jnp.int32),
+        index=jnp.zeros((), jnp.int32),  # int64 under jax_enable_x64
     )
 
   @property

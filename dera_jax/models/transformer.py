@@ -128,8 +128,12 @@ class Transformer(nnx.Module):
           key_positions=positions, key_mask=mask, sliding_window=c.sliding_window)
     else:
       index = cache.index
-      new_mask = jax.lax.dynamic_update_slice(cache.mask, mask, (0, index))
-      new_pos = jax.lax.dynamic_update_slice(cache.positions, positions, (0, index))
+      if not isinstance(index, jax.core.Tracer) and int(index) + t > cache.max_len:
+        raise ValueError(f"cache overflow: writing {t} token(s) at slot {int(index)} of a "
+                         f"cache with max_len={cache.max_len}")
+      zero = jnp.zeros_like(index)  # same integer type as index (int64 under jax_enable_x64)
+      new_mask = jax.lax.dynamic_update_slice(cache.mask, mask, (zero, index))
+      new_pos = jax.lax.dynamic_update_slice(cache.positions, positions, (zero, index))
       allowed = layers.attention_mask(
           query_slots=index + jnp.arange(t), query_positions=positions,
           key_slots=jnp.arange(cache.max_len), key_positions=new_pos, key_mask=new_mask,
@@ -147,9 +151,9 @@ class Transformer(nnx.Module):
       k = layers.rope(k, positions, theta=c.rope_theta)
       if k_cache is not None:
         k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype),
-                                               (0, index, 0, 0))
+                                               (zero, index, zero, zero))
         v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype),
-                                               (0, index, 0, 0))
+                                               (zero, index, zero, zero))
         k, v = k_cache.astype(dtype), v_cache.astype(dtype)
       attn = layers.attention(q, k, v, allowed, scale=c.attention_scale)
       x = x + jnp.einsum("bthk,hkd->btd", attn, w["o"])
@@ -177,10 +181,15 @@ class Transformer(nnx.Module):
     return jnp.einsum("btd,dv->btv", hidden, head, preferred_element_type=jnp.float32)
 
   def __call__(self, tokens: jax.Array, positions: jax.Array, mask: jax.Array,
-               cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
-    """tokens/positions/mask [B, T] -> float32 logits [B, T, V] and the updated cache."""
+               cache: KVCache | None = None, *,
+               last_only: bool = False) -> tuple[jax.Array, KVCache | None]:
+    """tokens/positions/mask [B, T] -> float32 logits [B, T, V] and the updated cache.
+
+    `last_only=True` computes the logits of the last slot only ([B, 1, V]), as a sampler needs
+    after a prefill.
+    """
     hidden, cache = self.features(tokens, positions, mask, cache)
-    return self.logits(hidden), cache
+    return self.logits(hidden[:, -1:] if last_only else hidden), cache
 
 
 def positions_from_mask(mask: jax.Array) -> jax.Array:

@@ -44,7 +44,8 @@ def top_k_top_p(log_probs: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax
   total = jnp.sum(probs, axis=-1, keepdims=True)
   mass_before = jnp.cumsum(probs, axis=-1) - probs
   keep = in_top_k & ((mass_before < top_p[:, None] * total) | (top_p[:, None] >= 1.0))
-  last_kept = jnp.sum(keep, axis=-1) - 1  # >= 0: the most likely token is always kept
+  keep = keep.at[:, 0].set(True)  # the most likely token is always kept (even if p -> 0)
+  last_kept = jnp.sum(keep, axis=-1) - 1
   threshold = jnp.take_along_axis(sorted_lp, last_kept[:, None], axis=-1)
   return jnp.where(log_probs >= threshold, log_probs, -jnp.inf)
 

@@ -17,14 +17,21 @@ import jax.numpy as jnp
 
 def mix_log_probs(sft_log_probs: jax.Array, aligned_log_probs: jax.Array,
                   lam: jax.Array) -> jax.Array:
-  """Unnormalised DeRa scores λ·la + (1 − λ)·ls, float32.
+  """Unnormalised DeRa scores λ·la + (1 − λ)·ls (up to a per-row constant), float32.
 
-  Exact at the ends: λ = 0 returns `sft_log_probs` and λ = 1 returns `aligned_log_probs`
-  bit for bit. A token impossible under a model that carries weight stays impossible (for
-  λ > 1 the SFT term has a negative weight, and 0^(1−λ) would otherwise make it certain).
+  - Exact at the ends: λ = 0 returns `sft_log_probs` and λ = 1 returns `aligned_log_probs`
+    bit for bit, so DeRa at λ = 0 / 1 samples exactly what each model samples alone.
+  - Inside [0, 1] the scores are the convex combination itself. Outside (extrapolation, or
+    λ < 0) they are computed as |λ|·(v − max v) with v = sign(λ)·(la − ls) + ls/|λ|: the same
+    distribution, but no intermediate overflows, so any λ that is finite in float32 gives
+    finite scores (the largest is 0).
+  - A token impossible (-inf) under a model that carries weight stays impossible: for λ > 1
+    the SFT term has a negative weight, and 0^(1−λ) would otherwise make it certain. A finite
+    but tiny SFT probability is extrapolated like any other: that is the geometric mixture.
+  - If the two models share no possible token, the mixture is undefined and the row is NaN.
 
   Args:
-    sft_log_probs: [..., V] log-probabilities (or logits) of the SFT model.
+    sft_log_probs: [..., V] log-probabilities of the SFT model.
     aligned_log_probs: [..., V] of the aligned model.
     lam: λ, a scalar or an array broadcastable to the leading dims [...].
   Returns:
@@ -33,10 +40,21 @@ def mix_log_probs(sft_log_probs: jax.Array, aligned_log_probs: jax.Array,
   ls = jnp.asarray(sft_log_probs, jnp.float32)
   la = jnp.asarray(aligned_log_probs, jnp.float32)
   lam = jnp.asarray(lam, jnp.float32)[..., None]
+  support = (jnp.isfinite(ls) | (lam == 1)) & (jnp.isfinite(la) | (lam == 0))
+
+  # Interpolation, 0 <= λ <= 1: a convex combination cannot overflow.
   aligned_term = jnp.where(lam == 0, 0.0, lam * la)
   sft_term = jnp.where(lam == 1, 0.0, (1.0 - lam) * ls)
-  support = (jnp.isfinite(ls) | (lam == 1)) & (jnp.isfinite(la) | (lam == 0))
-  return jnp.where(support, aligned_term + sft_term, -jnp.inf)
+  inside = jnp.where(support, aligned_term + sft_term, -jnp.inf)
+
+  # Extrapolation (λ > 1 or λ < 0): λ·la + (1 − λ)·ls = |λ|·v, shifted so its maximum is 0.
+  magnitude = jnp.where((lam >= 0) & (lam <= 1), 1.0, jnp.abs(lam))
+  v = jnp.sign(lam) * (la - ls) + ls / magnitude
+  v = jnp.where(support, v, -jnp.inf)
+  v_max = jnp.max(v, axis=-1, keepdims=True)
+  outside = jnp.where(support, magnitude * (v - v_max), -jnp.inf)
+
+  return jnp.where((lam >= 0) & (lam <= 1), inside, outside)
 
 
 def mix_logits(sft_logits: jax.Array, aligned_logits: jax.Array, lam) -> jax.Array:

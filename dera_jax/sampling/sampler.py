@@ -25,6 +25,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import inspect
 from typing import Any, Sequence
 
 import jax
@@ -82,11 +83,18 @@ class SampleOutput:
 
   def sft_sequence_logprobs(self) -> np.ndarray:
     """[..., N] log π_sft(y|x)."""
-    return self.sft_logprobs.sum(-1)
+    return self._two_models("sft_logprobs").sum(-1)
 
   def aligned_sequence_logprobs(self) -> np.ndarray:
     """[..., N] log π_aligned(y|x)."""
-    return self.aligned_logprobs.sum(-1)
+    return self._two_models("aligned_logprobs").sum(-1)
+
+  def _two_models(self, field: str) -> np.ndarray:
+    value = getattr(self, field)
+    if value is None:
+      raise ValueError(f"{field} is only recorded by DeRaSampler; this output comes from a "
+                       "single-model Sampler")
+    return value
 
   def kl_to_sft(self) -> np.ndarray:
     """[...] Monte-Carlo KL(p_λ ‖ π_sft): mean over rows of log p_λ(y|x) − log π_sft(y|x)."""
@@ -107,12 +115,16 @@ class SampleOutput:
 def _last_log_probs(graphdef, state, tokens, positions, mask, cache):
   """One model on a chunk -> float32 log-softmax at the chunk's last slot [N, V], cache."""
   model = nnx.merge(graphdef, state)
-  if hasattr(model, "features") and hasattr(model, "logits"):
-    hidden, cache = model.features(tokens, positions, mask, cache)
-    logits = model.logits(hidden[:, -1:])
+  if _accepts_last_only(type(model)):  # skip the [T, V] logits of all but the last slot
+    logits, cache = model(tokens, positions, mask, cache, last_only=True)
   else:
     logits, cache = model(tokens, positions, mask, cache)
   return jax.nn.log_softmax(logits[:, -1].astype(jnp.float32), axis=-1), cache
+
+
+@functools.cache
+def _accepts_last_only(model_type) -> bool:
+  return "last_only" in inspect.signature(model_type.__call__).parameters
 
 
 def _run_models(spec: _Spec, states, caches, tokens, positions, mask):
@@ -214,6 +226,10 @@ _decode_jit = jax.jit(_decode, static_argnums=0, donate_argnums=(2,))
 
 
 def _check_model(name: str, model) -> int:
+  if not isinstance(model, nnx.Module):
+    raise ValueError(f"{name}={type(model).__name__}: a model must be a flax.nnx.Module with "
+                     "`vocab_size`, `init_cache(batch_size, max_len)` and `__call__(tokens, "
+                     "positions, mask, cache)`")
   for attr in ("vocab_size", "init_cache"):
     if not hasattr(model, attr):
       raise ValueError(f"{name}={type(model).__name__}: a model needs `vocab_size`, "
@@ -264,10 +280,7 @@ class _SamplerBase:
           "by padding rows, pass shared_vocab_prefix=True to mix over the first "
           f"{min(vocabs)} tokens")
     self.vocab_size = min(vocabs)
-    if isinstance(stop_ids, (int, np.integer)):
-      stop_ids = [stop_ids]
-    self.stop_ids = tuple(inputs.check_int(f"stop_ids[{i}]", s, low=0, high=self.vocab_size)
-                          for i, s in enumerate(stop_ids))
+    self.stop_ids = inputs.stop_id_list(stop_ids, self.vocab_size)
     self.pad_id = inputs.check_int("pad_id", pad_id, low=0, high=self.vocab_size)
     max_len = self.max_prompt_len + self.max_new_tokens
     for name, model in zip(names, models):
@@ -276,11 +289,20 @@ class _SamplerBase:
         raise ValueError(f"max_prompt_len + max_new_tokens = {max_len} exceeds {name}'s "
                          f"max_seq_len={limit}")
 
+    if not (stack_models is True or stack_models is False or
+            (isinstance(stack_models, str) and stack_models == "auto")):
+      raise ValueError(f"stack_models={stack_models!r}: must be 'auto', True or False")
+    self._names = tuple(names)
+    self._stack_models = stack_models
+    self._states, self._spec = self._load(models)
+
+  def _load(self, models) -> tuple[Any, _Spec]:
+    """Split (and maybe stack) the models' weights: the snapshot the sampler decodes with."""
+    names, stack_models = self._names, self._stack_models
     split = [nnx.split(m) for m in models]
     graphdefs = tuple(g for g, _ in split)
-    states = tuple(s for _, s in split)
-    if stack_models not in ("auto", True, False):
-      raise ValueError(f"stack_models={stack_models!r}: must be 'auto', True or False")
+    # A copy of each state's tree: later in-place edits of the models do not leak in.
+    states = tuple(jax.tree.map(lambda x: x, s) for _, s in split)
     if len(models) == 1:
       mode = "single"
     else:
@@ -288,8 +310,9 @@ class _SamplerBase:
       if stack_models is True and not same:
         raise ValueError("stack_models=True needs two models of one architecture (equal "
                          "configs and parameter shapes); use 'auto' or False")
-      # On CPU two plain calls beat one vmapped call (XLA:CPU runs the batched matmuls of
-      # stacked weights ~1.3x slower: benchmarks/sampler.py), so "auto" stacks elsewhere only.
+      # On CPU one vmapped call measured no faster than two plain calls (0.9-1.1x,
+      # benchmarks/sampler.py), and stacking copies both models' weights: "auto" stacks on
+      # accelerators only, where one call saves a kernel launch per op.
       auto_stack = same and jax.default_backend() != "cpu"
       mode = "stacked" if stack_models is True or (stack_models == "auto" and auto_stack) \
           else "pair"
@@ -297,10 +320,28 @@ class _SamplerBase:
     if mode == "stacked":
       graphdefs = graphdefs[:1]
       states, model_axes = _stack_states(states[0], states[1])
+    spec = _Spec(mode=mode, graphdefs=graphdefs, vocab=self.vocab_size,
+                 max_len=self.max_prompt_len + self.max_new_tokens,
+                 max_new_tokens=self.max_new_tokens, stop_ids=self.stop_ids,
+                 pad_id=self.pad_id, model_axes=model_axes)
+    return states, spec
+
+  def update_weights(self, *models) -> None:
+    """Decode with the current weights of `models` (same architectures as at construction).
+
+    The sampler reads the models' weights when it is built (a snapshot); call this after
+    training steps, e.g. between RL iterations. Nothing recompiles.
+    """
+    if len(models) != len(self._names):
+      raise ValueError(f"update_weights takes {len(self._names)} model(s) "
+                       f"({', '.join(self._names)}), got {len(models)}")
+    for name, model in zip(self._names, models):
+      _check_model(name, model)
+    states, spec = self._load(models)
+    if spec != self._spec:
+      raise ValueError("update_weights: the models' architectures differ from the ones the "
+                       "sampler was built with; build a new sampler instead")
     self._states = states
-    self._spec = _Spec(mode=mode, graphdefs=graphdefs, vocab=self.vocab_size, max_len=max_len,
-                       max_new_tokens=self.max_new_tokens, stop_ids=self.stop_ids,
-                       pad_id=self.pad_id, model_axes=model_axes)
 
   @property
   def mode(self) -> str:
@@ -316,19 +357,14 @@ class _SamplerBase:
     row_ids = inputs.per_row("row_ids", row_ids, n, dtype=np.int32, check=inputs.check_row_id)
     temperature = inputs.per_row("temperature", temperature, n, dtype=np.float32,
                                  check=inputs.check_temperature)
-    top_k = inputs.per_row("top_k", top_k, n, dtype=np.int32, check=inputs.check_top_k)
+    top_k = inputs.per_row("top_k", top_k, n, dtype=np.int64, check=inputs.check_top_k)
+    top_k = np.minimum(top_k, self.vocab_size).astype(np.int32)  # k >= V is "keep all"
     top_p = inputs.per_row("top_p", top_p, n, dtype=np.float32, check=inputs.check_top_p)
     seed = inputs.check_int("seed", seed, low=0, high=2**32)
     if sweep:
-      grid = np.asarray(lambdas, dtype=np.float64) if np.ndim(lambdas) else None
-      if grid is None or grid.ndim != 1 or grid.size == 0:
-        raise ValueError(f"lambdas={lambdas!r}: sweep needs a non-empty list of λ values")
-      for i, lam in enumerate(grid.tolist()):
-        problem = inputs.check_lambda(lam)
-        if problem:
-          raise ValueError(f"lambdas[{i}]={lam!r}: {problem}")
+      grid = inputs.lambda_grid(lambdas)
       repeats = grid.size
-      lam_rows = np.repeat(grid.astype(np.float32), n)
+      lam_rows = np.repeat(grid, n)
     else:
       repeats = 1
       lam_rows = inputs.per_row("lambdas", lambdas, n, dtype=np.float32,
