@@ -16,6 +16,8 @@ and attends to everything the cache holds.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -25,38 +27,64 @@ from dera_jax.models.config import TransformerConfig
 from dera_jax.models.kv_cache import KVCache
 
 
-def _param(rngs: nnx.Rngs, shape, axes, *, std: float, dtype, init: str = "normal") -> nnx.Param:
-  if init == "normal":
-    value = std * jax.random.normal(rngs.params(), shape, jnp.float32)
-  elif init == "zeros":
-    value = jnp.zeros(shape, jnp.float32)
-  else:  # ones
-    value = jnp.ones(shape, jnp.float32)
-  return nnx.Param(value.astype(dtype), out_sharding=axes, eager_sharding=False)
+def param_specs(config: TransformerConfig) -> dict[str, tuple[tuple[int, ...], tuple[str, ...],
+                                                                 str]]:
+  """name -> (shape, logical axes, initialiser) of every parameter (names as in weights.py)."""
+  c = config
+  norm = "zeros" if c.norm_add_one else "ones"  # Gemma stores w of (1 + w)
+  layer = {
+      "attn_norm": ((c.d_model,), ("embed",), norm),
+      "q": ((c.d_model, c.num_heads, c.head_dim), ("embed", "heads", "head_dim"), "normal"),
+      "k": ((c.d_model, c.num_kv_heads, c.head_dim), ("embed", "kv_heads", "head_dim"),
+            "normal"),
+      "v": ((c.d_model, c.num_kv_heads, c.head_dim), ("embed", "kv_heads", "head_dim"),
+            "normal"),
+      "o": ((c.num_heads, c.head_dim, c.d_model), ("heads", "head_dim", "embed"), "normal"),
+      "mlp_norm": ((c.d_model,), ("embed",), norm),
+      "gate": ((c.d_model, c.mlp_dim), ("embed", "mlp"), "normal"),
+      "up": ((c.d_model, c.mlp_dim), ("embed", "mlp"), "normal"),
+      "down": ((c.mlp_dim, c.d_model), ("mlp", "embed"), "normal"),
+  }
+  if c.qkv_bias:
+    layer["q_bias"] = ((c.num_heads, c.head_dim), ("heads", "head_dim"), "zeros")
+    layer["k_bias"] = ((c.num_kv_heads, c.head_dim), ("kv_heads", "head_dim"), "zeros")
+    layer["v_bias"] = ((c.num_kv_heads, c.head_dim), ("kv_heads", "head_dim"), "zeros")
+  specs = {"embed": ((c.vocab_size, c.d_model), ("vocab", "embed"), "normal"),
+           "final_norm": ((c.d_model,), ("embed",), norm)}
+  if not c.tie_embeddings:
+    specs["lm_head"] = ((c.d_model, c.vocab_size), ("embed", "vocab"), "normal")
+  for name, (shape, axes, init) in layer.items():
+    specs[f"layers.{name}"] = ((c.num_layers, *shape), ("layers", *axes), init)
+  return specs
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _initial_values(config: TransformerConfig, key: jax.Array) -> dict[str, jax.Array]:
+  """All initial parameter values in one compiled program (one compile per config)."""
+  specs = param_specs(config)
+  keys = jax.random.split(key, len(specs))
+  out = {}
+  for k, (name, (shape, _, init)) in zip(keys, specs.items()):
+    if init == "normal":
+      value = config.init_std * jax.random.normal(k, shape, jnp.float32)
+    else:
+      value = (jnp.zeros if init == "zeros" else jnp.ones)(shape, jnp.float32)
+    out[name] = value.astype(config.param_dtype)
+  return out
+
+
+def _param(values: dict, specs: dict, name: str) -> nnx.Param:
+  return nnx.Param(values[name], out_sharding=specs[name][1], eager_sharding=False)
 
 
 class DecoderLayers(nnx.Module):
   """The weights of all L decoder layers, stacked on a leading axis."""
 
-  def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
-    c = config
-    p = lambda shape, axes, init="normal": _param(
-        rngs, (c.num_layers, *shape), ("layers", *axes), std=c.init_std, dtype=c.param_dtype,
-        init=init)
-    norm_init = "zeros" if c.norm_add_one else "ones"
-    self.attn_norm = p((c.d_model,), ("embed",), norm_init)
-    self.q = p((c.d_model, c.num_heads, c.head_dim), ("embed", "heads", "head_dim"))
-    self.k = p((c.d_model, c.num_kv_heads, c.head_dim), ("embed", "kv_heads", "head_dim"))
-    self.v = p((c.d_model, c.num_kv_heads, c.head_dim), ("embed", "kv_heads", "head_dim"))
-    if c.qkv_bias:
-      self.q_bias = p((c.num_heads, c.head_dim), ("heads", "head_dim"), "zeros")
-      self.k_bias = p((c.num_kv_heads, c.head_dim), ("kv_heads", "head_dim"), "zeros")
-      self.v_bias = p((c.num_kv_heads, c.head_dim), ("kv_heads", "head_dim"), "zeros")
-    self.o = p((c.num_heads, c.head_dim, c.d_model), ("heads", "head_dim", "embed"))
-    self.mlp_norm = p((c.d_model,), ("embed",), norm_init)
-    self.gate = p((c.d_model, c.mlp_dim), ("embed", "mlp"))
-    self.up = p((c.d_model, c.mlp_dim), ("embed", "mlp"))
-    self.down = p((c.mlp_dim, c.d_model), ("mlp", "embed"))
+  def __init__(self, config: TransformerConfig, values: dict[str, jax.Array]):
+    specs = param_specs(config)
+    for name in specs:
+      if name.startswith("layers."):
+        setattr(self, name[len("layers."):], _param(values, specs, name))
 
   def arrays(self, dtype) -> dict[str, jax.Array]:
     """The stacked weights as a dict of [L, ...] arrays in the compute dtype."""
@@ -75,16 +103,14 @@ class Transformer(nnx.Module):
   """Decoder-only LM (Llama/Mistral/Qwen2/Gemma semantics, chosen by `TransformerConfig`)."""
 
   def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
-    c = config
     self.config = config
-    self.embed = _param(rngs, (c.vocab_size, c.d_model), ("vocab", "embed"), std=c.init_std,
-                        dtype=c.param_dtype)
-    self.layers = DecoderLayers(config, rngs=rngs)
-    self.final_norm = _param(rngs, (c.d_model,), ("embed",), std=c.init_std,
-                             dtype=c.param_dtype, init="zeros" if c.norm_add_one else "ones")
-    if not c.tie_embeddings:
-      self.lm_head = _param(rngs, (c.d_model, c.vocab_size), ("embed", "vocab"),
-                            std=c.init_std, dtype=c.param_dtype)
+    specs = param_specs(config)
+    values = _initial_values(config, rngs.params())
+    self.embed = _param(values, specs, "embed")
+    self.layers = DecoderLayers(config, values)
+    self.final_norm = _param(values, specs, "final_norm")
+    if not config.tie_embeddings:
+      self.lm_head = _param(values, specs, "lm_head")
 
   @property
   def vocab_size(self) -> int:
