@@ -60,20 +60,28 @@ def _decode_memory_bytes(sampler, prompts, kwargs) -> int | None:
     return None
 
 
-def _time_case(sampler, prompts, kwargs, new_tokens):
-  start = time.perf_counter()
-  out = sampler(prompts, **kwargs)
-  first = time.perf_counter() - start
-  assert (out.lengths == new_tokens).all()
-  times = []
-  for r in range(FLAGS.repeats):
+def _time_cases(samplers: dict, prompts, new_tokens) -> dict[str, dict]:
+  """Compile each path, then time them round-robin (so load changes hit all paths alike)."""
+  first = {}
+  for path, (sampler, kwargs) in samplers.items():
     start = time.perf_counter()
-    sampler(prompts, seed=r + 1, **kwargs)
-    times.append(time.perf_counter() - start)
-  steady = float(np.median(times))
-  return {"seconds_per_call": steady, "compile_seconds": max(first - steady, 0.0),
-          "new_tokens_per_s": len(prompts) * new_tokens / steady,
-          "ms_per_step": 1000 * steady / new_tokens}
+    out = sampler(prompts, **kwargs)
+    first[path] = time.perf_counter() - start
+    assert (out.lengths == new_tokens).all()
+  times = {path: [] for path in samplers}
+  for r in range(FLAGS.repeats):
+    for path, (sampler, kwargs) in samplers.items():
+      start = time.perf_counter()
+      sampler(prompts, seed=r + 1, **kwargs)
+      times[path].append(time.perf_counter() - start)
+  results = {}
+  for path in samplers:
+    steady = float(np.median(times[path]))
+    results[path] = {"seconds_per_call": steady,
+                     "compile_seconds": max(first[path] - steady, 0.0),
+                     "new_tokens_per_s": len(prompts) * new_tokens / steady,
+                     "ms_per_step": 1000 * steady / new_tokens}
+  return results
 
 
 def main(argv):
@@ -98,8 +106,10 @@ def main(argv):
                  for _ in range(batch)]
       row = {"config": name, "params_millions": config.num_params / 1e6, "batch": batch,
              "prompt_len": FLAGS.prompt_len, "new_tokens": new_tokens}
+      load_before = os.getloadavg()[0]
+      row.update(_time_cases(samplers, prompts, new_tokens))
+      row["load_average"] = [load_before, os.getloadavg()[0]]
       for path, (sampler, kwargs) in samplers.items():
-        row[path] = _time_case(sampler, prompts, kwargs, new_tokens)
         row[path]["decode_program_bytes"] = _decode_memory_bytes(sampler, prompts, kwargs)
         print(f"{name} batch={batch} {path}: {row[path]['new_tokens_per_s']:.1f} tok/s, "
               f"{row[path]['ms_per_step']:.2f} ms/step, "
