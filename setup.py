@@ -25,12 +25,13 @@ setup(
         "sentencepiece",
         "jinja2",
         "gguf",
+        "matplotlib",  # result plots (PNG)
     ],
     extras_require={
         # transformers (PyTorch) is the reference for imported weights and the speed peer:
         # tests and benchmarks only, never a runtime dependency.
         "test": ["pytest", "hypothesis", "chex", "scipy", "torch==2.13.0", "transformers",
-                 "safetensors", "accelerate"],
-        "hf": ["torch==2.13.0", "transformers", "safetensors", "accelerate"],
+                 "safetensors", "accelerate", "trl"],
+        "hf": ["torch==2.13.0", "transformers", "safetensors", "accelerate", "trl"],
     },
 )

@@ -69,7 +69,7 @@ def make_sft_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformatio
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = dict(metrics, grad_norm=optax.global_norm(grads))
+    metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
     return TrainState(params=params, opt_state=opt_state, step=state.step + 1), metrics
 
   return train_step
@@ -81,3 +81,40 @@ def init_train_state(model, optimizer: optax.GradientTransformation
   graphdef, params = nnx.split(model)
   return graphdef, TrainState(params=params, opt_state=optimizer.init(params),
                               step=jnp.zeros((), jnp.int32))
+
+
+def make_sft_eval_step(graphdef: nnx.GraphDef) -> Callable[[nnx.State, SFTBatch], dict]:
+  """A jitted `eval_step(params, batch) -> {"loss", "perplexity", "tokens", "nll_sum"}`.
+
+  `params` is `TrainState.params`; `batch` an `SFTBatch` or the data pipeline's dict
+  (tokens, mask, loss_mask). The loss is the mean NLL over response tokens and the perplexity
+  its exp; `nll_sum` and `tokens` let `sft_evaluate` weight batches by their token counts.
+  """
+
+  @jax.jit
+  def eval_step(params, batch: SFTBatch):
+    loss, metrics = sft_loss(nnx.merge(graphdef, params), batch)
+    return {"loss": loss, "perplexity": jnp.exp(loss), "tokens": metrics["tokens"],
+            "nll_sum": loss * metrics["tokens"]}
+
+  def step(params, batch):
+    if isinstance(batch, dict):
+      batch = SFTBatch(tokens=jnp.asarray(batch["tokens"], jnp.int32),
+                       mask=jnp.asarray(batch["mask"], bool),
+                       loss_mask=jnp.asarray(batch["loss_mask"], bool))
+    return eval_step(params, batch)
+
+  return step
+
+
+def sft_evaluate(eval_step, params, batches) -> dict[str, float]:
+  """Token-weighted eval loss and perplexity over `batches` (from `make_sft_eval_step`)."""
+  nll, tokens = 0.0, 0.0
+  for batch in batches:
+    m = jax.device_get(eval_step(params, batch))
+    nll += float(m["nll_sum"])
+    tokens += float(m["tokens"])
+  if tokens == 0:
+    raise ValueError("sft_evaluate: the eval batches hold no response tokens")
+  loss = nll / tokens
+  return {"loss": loss, "perplexity": float(jnp.exp(loss)), "tokens": tokens}
