@@ -57,3 +57,28 @@ def count_items(response: str) -> int:
   """k as a judge reads it from a generated response: the comma-separated items before '.'."""
   body = response.split(".")[0].strip()
   return 0 if not body else len([part for part in body.split(",") if part.strip()])
+
+
+def gold_score(response: str) -> float:
+  """The gold judge of brevity: −(items), and −(MAX_ITEMS + 1) for an answer with none."""
+  k = count_items(response)
+  return -float(k) if k else -float(MAX_ITEMS + 1)
+
+
+def preference_pairs(n: int, *, seed: int, noise: float = 0.0) -> list[dict]:
+  """Records {"prompt", "chosen", "rejected"}: two answers with different item counts, the
+  briefer chosen, labels flipped with probability `noise`."""
+  if not 0 <= noise < 0.5:
+    raise ValueError(f"noise={noise}: must be in [0, 0.5)")
+  rng = np.random.default_rng(seed)
+  names = sorted(CATEGORIES)
+  out = []
+  for _ in range(n):
+    category = names[rng.integers(len(names))]
+    k1, k2 = rng.choice(np.arange(1, MAX_ITEMS + 1), size=2, replace=False)
+    answers = [" " + ", ".join(rng.choice(CATEGORIES[category], size=k, replace=False)) + "."
+               for k in (min(k1, k2), max(k1, k2))]
+    if rng.random() < noise:
+      answers.reverse()
+    out.append({"prompt": prompt_for(category), "chosen": answers[0], "rejected": answers[1]})
+  return out

@@ -82,3 +82,54 @@ class ScalarHeadModel(nnx.Module):
       raise ValueError(f"set_normalization: scale={scale!r} must be > 0")
     self.shift[...] = jnp.asarray(shift, jnp.float32)
     self.scale[...] = jnp.asarray(scale, jnp.float32)
+
+
+def save_scalar_head_model(model: ScalarHeadModel, path: str, *, overwrite: bool = False) -> None:
+  """Write a reward/value model: the trunk as a `save_checkpoint` directory `path/backbone`
+  and the head and normalisation constants in `path/head.npz` (atomically, as a whole)."""
+  import os
+  import shutil
+  import tempfile
+
+  import numpy as np
+
+  from dera_jax.models.checkpoint import save_checkpoint
+
+  path = os.path.abspath(os.fspath(path))
+  if os.path.exists(path) and not overwrite:
+    raise FileExistsError(f"save_scalar_head_model: {path} exists (pass overwrite=True)")
+  parent = os.path.dirname(path)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
+  try:
+    save_checkpoint(model.backbone, os.path.join(tmp, "backbone"))
+    np.savez(os.path.join(tmp, "head.npz"), kernel=np.asarray(model.head.kernel[...]),
+             bias=np.asarray(model.head.bias[...]), shift=np.asarray(model.shift[...]),
+             scale=np.asarray(model.scale[...]))
+    if os.path.exists(path):
+      shutil.rmtree(path)
+    os.rename(tmp, path)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+
+
+def load_scalar_head_model(path: str) -> ScalarHeadModel:
+  """Read a model written by `save_scalar_head_model`."""
+  import os
+
+  import numpy as np
+
+  from dera_jax.models.checkpoint import load_checkpoint
+
+  head_path = os.path.join(os.fspath(path), "head.npz")
+  if not os.path.exists(head_path):
+    raise ValueError(f"load_scalar_head_model: {head_path} is missing")
+  model = ScalarHeadModel(load_checkpoint(os.path.join(os.fspath(path), "backbone")),
+                          rngs=nnx.Rngs(0))
+  with np.load(head_path) as arrays:
+    model.head.kernel[...] = jnp.asarray(arrays["kernel"])
+    model.head.bias[...] = jnp.asarray(arrays["bias"])
+    model.shift[...] = jnp.asarray(arrays["shift"])
+    model.scale[...] = jnp.asarray(arrays["scale"])
+  return model

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -46,14 +47,25 @@ def train_loop(*, step_fn: Callable, init_state: Any, batch_at: Callable[[int], 
                num_steps: int, workdir: str, config: Any, name: str, seed: int = 0,
                checkpoint_every: int = 100, keep_checkpoints: int = 3, log_every: int = 10,
                eval_fn: Callable[[Any], dict] | None = None, eval_every: int = 0,
-               loss_key: str = "loss") -> tuple[Any, dict[str, float]]:
-  """Run (or resume) `num_steps` steps of `step_fn`; returns the final state and metrics."""
+               loss_key: str = "loss",
+               checkpoint_fields: tuple[str, ...] | None = None) -> tuple[Any, dict[str, float]]:
+  """Run (or resume) `num_steps` steps of `step_fn`; returns the final state and metrics.
+
+  `checkpoint_fields`: for a dataclass state, checkpoint only these fields (e.g. params,
+  opt_state, step, hparams — not the frozen reference and reward models, which the run
+  rebuilds at start-up); None checkpoints the whole state.
+  """
   if num_steps < 1:
     raise ValueError(f"num_steps={num_steps}: must be >= 1")
   os.makedirs(workdir, exist_ok=True)
   checkpoints = RunCheckpoints(workdir, config=config, save_every=checkpoint_every,
                                keep=keep_checkpoints)
-  state, start = checkpoints.restore_or(init_state)
+  if checkpoint_fields is None:
+    state, start = checkpoints.restore_or(init_state)
+  else:
+    view = {f: getattr(init_state, f) for f in checkpoint_fields}
+    restored, start = checkpoints.restore_or(view)
+    state = dataclasses.replace(init_state, **restored)
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   _trim_metrics(metrics_path, start)
   if start:
@@ -97,6 +109,8 @@ def train_loop(*, step_fn: Callable, init_state: Any, batch_at: Callable[[int], 
       print(f"[{name}] step {step} " + " ".join(f"{k} {v:.4g}" for k, v in evaluation.items()),
             flush=True)
       last.update(evaluation)
-    checkpoints.save(step, state, force=step == num_steps)
+    saved = state if checkpoint_fields is None else {f: getattr(state, f)
+                                                      for f in checkpoint_fields}
+    checkpoints.save(step, saved, force=step == num_steps)
   checkpoints.close()
   return state, last
