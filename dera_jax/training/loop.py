@@ -92,7 +92,8 @@ def train_loop(*, step_fn: Callable, init_state: Any, batch_at: Callable[[int], 
         last = host
     pending.clear()
     rate = (step - done_at_t0) / max(time.perf_counter() - t0, 1e-9)
-    shown = " ".join(f"{k} {v:.4g}" for k, v in list(last.items())[:4])
+    keys = [k for k in (loss_key, "reward", "kl", "accuracy", "length") if k in last]
+    shown = " ".join(f"{k} {last[k]:.4g}" for k in keys or list(last)[:4])
     print(f"[{name}] step {step}/{num_steps} {shown} {rate:.2f} steps/s "
           f"ETA {(num_steps - step) / max(rate, 1e-9):.0f}s", flush=True)
 
