@@ -5,7 +5,8 @@ import ml_collections
 
 def training_defaults(**overrides) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.task = "lists"  # a built-in task (see experiments/common.py TASKS)
+  c.task = "lists"  # lists | length | summarization | hallucination (built-in, generated)
+  c.data_dir = ""  # "" keeps task records in memory; else a TFDS (array_record) data dir
   c.seed = 0
   c.num_examples = 4000  # training records generated for the task
   c.num_eval_examples = 256

@@ -12,12 +12,15 @@ import numpy as np
 from flax import nnx
 
 from dera_jax.data import list_task
+from dera_jax.data.builders import build_dataset
+from dera_jax.data.tasks import get_task, known_tasks
+from dera_jax.data.tasks.base import records as task_records
 from dera_jax.data.pipeline import preference_pipeline, prompt_pipeline, sft_pipeline
 from dera_jax.data.tokenizer import ByteTokenizer
 from dera_jax.models import Transformer, tiny_config
 from dera_jax.models.checkpoint import load_checkpoint
 
-TASKS = ("lists",)
+TASKS = ("lists",) + known_tasks()
 # What a trainer state checkpoints: the frozen reference / reward models are rebuilt.
 TRAINER_FIELDS = ("params", "opt_state", "step", "hparams")
 
@@ -41,17 +44,43 @@ def tokenizer_for(c):
 
 
 def records(c, kind: str, split: str) -> list[dict]:
-  """The task's records of `kind` ("sft", "preference", "prompts") for `split`."""
+  """The task's records of `kind` ("sft", "preference", "prompts") for `split`.
+
+  With `config.data_dir` set they are written once as a TFDS dataset (array_record, no
+  TensorFlow) and read back with `tfds.data_source`; otherwise they stay in memory.
+  """
+  if kind not in KINDS:
+    raise ValueError(f"kind={kind!r}: must be one of {KINDS}")
   seed = c.seed + {"train": 0, "validation": 10_000, "test": 20_000}[split]
   n = c.num_examples if split == "train" else c.get("num_eval_examples", 256)
-  if kind == "sft":
-    return [{"prompt": e.prompt, "response": e.response}
-            for e in list_task.make_examples(n, seed=seed)]
+  data = _generate(c.task, kind, split, n, seed, c.get("label_noise", 0.0))
+  if not c.get("data_dir"):
+    return data
+  name = f"dera_{c.task}_{kind}_seed{seed}_n{n}".replace("-", "_")
   if kind == "preference":
-    return list_task.preference_pairs(n, seed=seed, noise=c.get("label_noise", 0.0))
-  if kind == "prompts":
+    name += f"_noise{int(round(1000 * c.get('label_noise', 0.0)))}"
+  sources = build_dataset(name, {key: "text" for key in data[0]}, {split: data},
+                          data_dir=c.data_dir)
+  return sources[split]
+
+
+KINDS = ("sft", "preference", "prompts")
+
+
+def _generate(task_name: str, kind: str, split: str, n: int, seed: int, noise: float) -> list:
+  if task_name == "lists":
+    if kind == "sft":
+      return [{"prompt": e.prompt, "response": e.response}
+              for e in list_task.make_examples(n, seed=seed)]
+    if kind == "preference":
+      return list_task.preference_pairs(n, seed=seed, noise=noise)
     return [{"prompt": e.prompt} for e in list_task.make_examples(n, seed=seed)]
-  raise ValueError(f"kind={kind!r}: must be 'sft', 'preference' or 'prompts'")
+  task = get_task(task_name)
+  if kind == "sft":
+    return task_records(task.sft_examples(n, seed, split=split))
+  if kind == "preference":
+    return task_records(task.preference_pairs(n, seed + 1, noise=noise, split=split))
+  return [{"prompt": e.prompt} for e in task.make_split(split, n, seed)]
 
 
 def check_dataset(c, data: list) -> None:

@@ -61,6 +61,16 @@ def test_alignment_apps_train_and_export_a_policy(sft_and_reward, tmp_path, app,
   assert (tmp_path / "metrics.jsonl").read_text().count("\n") >= 2
 
 
+def test_sft_on_a_built_in_task_read_back_through_tfds(tmp_path):
+  code, out = _run("train_sft", tmp_path / "run", "--config.task=hallucination",
+                   "--config.seq_len=128", "--config.max_prompt_len=96",
+                   f"--config.data_dir={tmp_path / 'tfds'}")
+  assert code == 0, out[-3000:]
+  written = sorted(os.listdir(tmp_path / "tfds"))
+  assert {"dera_hallucination_sft_seed0_n64", "dera_hallucination_sft_seed10000_n16"} <= set(written)
+  assert load_checkpoint(tmp_path / "run" / "model").config.vocab_size == 259
+
+
 @pytest.mark.parametrize("app,extra,message", [
     ("train_sft", ["--config.task=chess"], r"config.task='chess': must be one of"),
     ("train_sft", ["--config.batch_size=100"], r"config.batch_size=100: is larger than the "
