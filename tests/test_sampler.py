@@ -34,17 +34,21 @@ def _sampler(sft, aligned, **kw):
 @pytest.mark.parametrize("stack", [True, False])
 def test_lambda_zero_and_one_equal_each_model_sampled_alone(pair, stack):
   sft, aligned = pair
-  dera = _sampler(sft, aligned, stack_models=stack)
+  kw = dict(seed=123, temperature=0.9, top_k=20, top_p=0.95)
+  # Stop at a token the SFT model draws early in row 0, so that stopping is exercised.
+  free = Sampler(sft, max_prompt_len=8, max_new_tokens=12)(PROMPTS, **kw)
+  stop = int(free.tokens[0, 3])
+  dera = _sampler(sft, aligned, stack_models=stack, stop_ids=[stop])
   assert dera.mode == ("stacked" if stack else "pair")
   for lam, model, field in [(0.0, sft, "sft_logprobs"), (1.0, aligned, "aligned_logprobs")]:
-    alone = Sampler(model, max_prompt_len=8, max_new_tokens=12, stop_ids=[4], pad_id=0)
-    kw = dict(seed=123, temperature=0.9, top_k=20, top_p=0.95)
+    alone = Sampler(model, max_prompt_len=8, max_new_tokens=12, stop_ids=[stop], pad_id=0)
     mixed, single = dera(PROMPTS, lambdas=lam, **kw), alone(PROMPTS, **kw)
     np.testing.assert_array_equal(mixed.tokens, single.tokens)
     np.testing.assert_array_equal(mixed.lengths, single.lengths)
     np.testing.assert_allclose(mixed.logprobs, single.logprobs, atol=1e-5)
     np.testing.assert_allclose(getattr(mixed, field), single.logprobs, atol=1e-5)
-    assert (mixed.lengths < 12).any() and (single.tokens != 0).sum() > 10
+    assert (single.tokens != 0).sum() > 10
+  assert (dera(PROMPTS, lambdas=0.0, **kw).lengths[0] <= 4)
 
 
 def test_stacked_and_pair_paths_agree(pair):
@@ -52,7 +56,8 @@ def test_stacked_and_pair_paths_agree(pair):
   stacked = _sampler(*pair, stack_models=True)(PROMPTS, **kw)
   two_calls = _sampler(*pair, stack_models=False)(PROMPTS, **kw)
   np.testing.assert_array_equal(stacked.tokens, two_calls.tokens)
-  np.testing.assert_allclose(stacked.logprobs, two_calls.logprobs, atol=1e-5)
+  # Different matmul kernels; |λ| up to 2.5 scales float32 rounding by up to |2λ − 1| = 4.
+  np.testing.assert_allclose(stacked.logprobs, two_calls.logprobs, atol=1e-4)
 
 
 def test_per_row_constant_added_to_either_models_logits_changes_nothing():

@@ -76,6 +76,7 @@ def save_checkpoint(model: Transformer, path: str, *, overwrite: bool = False) -
   parent = os.path.dirname(path)
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
+  os.chmod(tmp, 0o755)  # mkdtemp makes it owner-only; the result is shared
   try:
     with open(os.path.join(tmp, _CONFIG), "w", encoding="utf-8") as f:
       f.write(config_to_json(model.config))

@@ -101,6 +101,7 @@ def save_scalar_head_model(model: ScalarHeadModel, path: str, *, overwrite: bool
   parent = os.path.dirname(path)
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
+  os.chmod(tmp, 0o755)  # mkdtemp makes it owner-only; the result is shared
   try:
     save_checkpoint(model.backbone, os.path.join(tmp, "backbone"))
     np.savez(os.path.join(tmp, "head.npz"), kernel=np.asarray(model.head.kernel[...]),
