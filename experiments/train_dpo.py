@@ -22,14 +22,17 @@ from dera_jax.training.dpo import init_dpo_state, make_dpo_step, make_reference_
 from dera_jax.training.lora import LoRAConfig
 from dera_jax.training.loop import train_loop
 
-config_flags.DEFINE_config_file("config", "configs/dpo.py", "Training config.")
-flags.DEFINE_string("workdir", None, "Run directory.", required=True)
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-  del argv
-  c = FLAGS.config
+def define_flags() -> None:
+  """Flags are defined only when run as a program, so apps can import each other's run()."""
+  config_flags.DEFINE_config_file("config", "configs/dpo.py", "Training config.")
+  flags.DEFINE_string("workdir", None, "Run directory.", required=True)
+
+
+def run(c, workdir: str) -> str:
+  """Train with config `c` in `workdir`; returns the path of the model written."""
   common.validate_common(c)
   common.check(math.isfinite(c.beta) and c.beta > 0, "beta", c.beta, "must be a finite number > 0")
   common.check(bool(c.init_from), "init_from", c.init_from,
@@ -44,13 +47,20 @@ def main(argv):
   step = make_dpo_step(spec, optimizer)
   state, metrics = train_loop(
       step_fn=step, init_state=state, batch_at=lambda i: add_reference(train[i - 1]),
-      num_steps=c.num_steps, workdir=FLAGS.workdir, config=c, name="dpo", seed=c.seed,
+      num_steps=c.num_steps, workdir=workdir, config=c, name="dpo", seed=c.seed,
       checkpoint_every=c.checkpoint_every, keep_checkpoints=c.keep_checkpoints,
       log_every=c.log_every, checkpoint_fields=common.TRAINER_FIELDS)
-  path = os.path.join(FLAGS.workdir, "model")
+  path = os.path.join(workdir, "model")
   save_checkpoint(spec.export(state.params, state.frozen), path, overwrite=True)
   print(f"[dpo] done: {metrics}; model in {path}", flush=True)
+  return path
+
+
+def main(argv):
+  del argv
+  run(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -25,9 +25,13 @@ from dera_jax.training.loop import train_loop
 from dera_jax.training.ppo import PPOTrainer
 from dera_jax.training.rloo import RLOOTrainer
 
-config_flags.DEFINE_config_file("config", "configs/policy.py", "Training config.")
-flags.DEFINE_string("workdir", None, "Run directory.", required=True)
 FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """Flags are defined only when run as a program, so apps can import each other's run()."""
+  config_flags.DEFINE_config_file("config", "configs/policy.py", "Training config.")
+  flags.DEFINE_string("workdir", None, "Run directory.", required=True)
 
 ALGORITHMS = ("rloo", "ppo")
 
@@ -62,22 +66,28 @@ def build_trainer(c, tokenizer):
                     clip_eps=c.clip_eps, **settings)
 
 
-def main(argv):
-  del argv
-  c = FLAGS.config
+def run(c, workdir: str) -> str:
+  """Train with config `c` in `workdir`; returns the path of the model written."""
   validate(c)
   tokenizer = common.tokenizer_for(c)
   prompts = common.pipeline(c, "prompts", "train", tokenizer)
   trainer = build_trainer(c, tokenizer)
   state, metrics = train_loop(
       step_fn=trainer.step, init_state=trainer.init_state(), batch_at=lambda i: prompts[i - 1],
-      num_steps=c.num_steps, workdir=FLAGS.workdir, config=c, name=c.algorithm, seed=c.seed,
+      num_steps=c.num_steps, workdir=workdir, config=c, name=c.algorithm, seed=c.seed,
       checkpoint_every=c.checkpoint_every, keep_checkpoints=c.keep_checkpoints,
       log_every=c.log_every, checkpoint_fields=common.TRAINER_FIELDS)
-  path = os.path.join(FLAGS.workdir, "model")
+  path = os.path.join(workdir, "model")
   save_checkpoint(trainer.policy_model(state), path, overwrite=True)
   print(f"[{c.algorithm}] done: {metrics}; model in {path}", flush=True)
+  return path
+
+
+def main(argv):
+  del argv
+  run(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

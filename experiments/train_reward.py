@@ -24,9 +24,13 @@ from dera_jax.training.loop import train_loop
 from dera_jax.training.reward import (init_reward_state, make_reward_eval_step, make_reward_step,
                                       normalize_rewards)
 
-config_flags.DEFINE_config_file("config", "configs/reward.py", "Training config.")
-flags.DEFINE_string("workdir", None, "Run directory.", required=True)
 FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """Flags are defined only when run as a program, so apps can import each other's run()."""
+  config_flags.DEFINE_config_file("config", "configs/reward.py", "Training config.")
+  flags.DEFINE_string("workdir", None, "Run directory.", required=True)
 
 
 def sft_sample_batches(model, tokenizer, prompts: list[dict], c) -> list[dict]:
@@ -47,9 +51,8 @@ def sft_sample_batches(model, tokenizer, prompts: list[dict], c) -> list[dict]:
            "loss_mask": loss_mask[i:i + c.batch_size]} for i in range(0, len(ids), c.batch_size)]
 
 
-def main(argv):
-  del argv
-  c = FLAGS.config
+def run(c, workdir: str) -> str:
+  """Train with config `c` in `workdir`; returns the path of the model written."""
   common.validate_common(c)
   common.check(0 <= c.label_noise < 0.5, "label_noise", c.label_noise, "must be in [0, 0.5)")
   tokenizer = common.tokenizer_for(c)
@@ -65,20 +68,28 @@ def main(argv):
   evaluate = make_reward_eval_step(spec)
   state, metrics = train_loop(
       step_fn=step, init_state=state, batch_at=lambda i: train[i - 1], num_steps=c.num_steps,
-      workdir=FLAGS.workdir, config=c, name="reward", seed=c.seed,
+      workdir=workdir, config=c, name="reward", seed=c.seed,
       checkpoint_every=c.checkpoint_every, keep_checkpoints=c.keep_checkpoints,
       log_every=c.log_every, eval_fn=lambda s: evaluate(s, held_out), eval_every=c.eval_every,
       checkpoint_fields=common.TRAINER_FIELDS)
   if c.normalize:
-    prompts = common.records(c, "prompts", "validation")[:c.num_normalize_samples]
+    data = common.records(c, "prompts", "validation")
+    prompts = [data[i] for i in range(min(c.num_normalize_samples, len(data)))]
     state = normalize_rewards(spec, state, sft_sample_batches(sft, tokenizer, prompts, c))
   reward_model = spec.export(state.params, state.frozen)
-  path = os.path.join(FLAGS.workdir, "reward_model")
+  path = os.path.join(workdir, "reward_model")
   save_scalar_head_model(reward_model, path, overwrite=True)
   print(f"[reward] done: held-out accuracy {metrics.get('eval_accuracy', float('nan')):.3f}; "
         f"normalisation shift {float(reward_model.shift[...]):.3f} scale "
         f"{float(reward_model.scale[...]):.3f}; model in {path}", flush=True)
+  return path
+
+
+def main(argv):
+  del argv
+  run(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

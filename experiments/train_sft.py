@@ -19,10 +19,14 @@ from dera_jax.models.checkpoint import save_checkpoint
 from dera_jax.training.loop import train_loop
 from dera_jax.training.sft import SFTBatch, init_train_state, make_sft_step, sft_loss
 
-config_flags.DEFINE_config_file("config", "configs/sft.py", "Training config.")
-flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, final model).",
-                    required=True)
 FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """Flags are defined only when run as a program, so apps can import each other's run()."""
+  config_flags.DEFINE_config_file("config", "configs/sft.py", "Training config.")
+  flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, final model).",
+                      required=True)
 
 
 def validate(c) -> None:
@@ -31,9 +35,8 @@ def validate(c) -> None:
                f"must be in [0, num_steps={c.num_steps})")
 
 
-def main(argv):
-  del argv
-  c = FLAGS.config
+def run(c, workdir: str) -> str:
+  """Train with config `c` in `workdir`; returns the path of the model written."""
   validate(c)
   tokenizer = common.tokenizer_for(c)
   train = common.pipeline(c, "sft", "train", tokenizer)
@@ -58,14 +61,21 @@ def main(argv):
 
   state, metrics = train_loop(
       step_fn=lambda s, b, rng: step(s, b), init_state=state,
-      batch_at=lambda i: as_batch(train[i - 1]), num_steps=c.num_steps, workdir=FLAGS.workdir,
+      batch_at=lambda i: as_batch(train[i - 1]), num_steps=c.num_steps, workdir=workdir,
       config=c, name="sft", seed=c.seed, checkpoint_every=c.checkpoint_every,
       keep_checkpoints=c.keep_checkpoints, log_every=c.log_every, eval_fn=evaluate,
       eval_every=c.eval_every)
-  save_checkpoint(nnx.merge(graphdef, state.params), os.path.join(FLAGS.workdir, "model"),
-                  overwrite=True)
-  print(f"[sft] done: {metrics}; model in {os.path.join(FLAGS.workdir, 'model')}", flush=True)
+  path = os.path.join(workdir, "model")
+  save_checkpoint(nnx.merge(graphdef, state.params), path, overwrite=True)
+  print(f"[sft] done: {metrics}; model in {path}", flush=True)
+  return path
+
+
+def main(argv):
+  del argv
+  run(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
