@@ -14,7 +14,7 @@ def get_config():
   c.task = "length"  # length | summarization | hallucination
   c.seed = 0
   c.beta = 0.1  # KL strength of the aligned model
-  c.lambdas = [0.0, 0.5, 1.0, 2.0, 4.0]  # DeRa grid; retrained at β/λ (λ=0: SFT, λ=1: aligned)
+  c.lambdas = "0,0.5,1,2,4"  # DeRa grid; retrained at β/λ (λ=0: SFT, λ=1: aligned)
   c.seq_len = 64  # prompt + response tokens (bytes + BOS/EOS)
   c.max_prompt_len = 24
   c.data_dir = ""  # "" keeps the task records in memory; else a TFDS data dir

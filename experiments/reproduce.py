@@ -48,20 +48,37 @@ def define_flags() -> None:
 # ----------------------------------------------------------------------------- stages
 
 
+def parse_lambdas(c) -> list[float]:
+  """config.lambdas ("0,0.5,1,2") as floats: finite, >= 0, distinct, below and above 1."""
+  try:
+    grid = [float(x) for x in str(c.lambdas).split(",") if x.strip()]
+  except ValueError:
+    raise ValueError(f"config.lambdas={c.lambdas!r}: must be comma-separated numbers, e.g. "
+                     "'0,0.5,1,2,4'") from None
+  common.check(len(grid) >= 2, "lambdas", c.lambdas, "needs at least two λ values")
+  common.check(all(math.isfinite(x) and x >= 0 for x in grid), "lambdas", c.lambdas,
+               "every λ must be finite and >= 0")
+  common.check(len(set(grid)) == len(grid), "lambdas", c.lambdas, "λ values must be distinct")
+  common.check(any(x < 1 for x in grid) and any(x > 1 for x in grid), "lambdas", c.lambdas,
+               "the grid needs values below and above 1 (interpolation and extrapolation)")
+  return grid
+
+
 def stage_configs(c) -> dict[str, tuple]:
   """{stage dir: (kind, config)} in the order they run."""
   stages = {}
+  grid = parse_lambdas(c)
   sft = _with_shared(c.sft, c)
   stages["sft"] = ("sft", sft)
   reward = _with_shared(c.reward, c)
   stages["reward"] = ("reward", reward)
-  for lam in c.lambdas:
+  for lam in grid:
     if lam == 0:
       continue
     policy = _with_shared(c.policy, c)
     policy.beta = c.beta / lam
     stages["aligned" if lam == 1 else f"retrained_lam{lam:g}"] = ("policy", policy)
-  if 1.0 not in list(c.lambdas):
+  if 1.0 not in grid:
     policy = _with_shared(c.policy, c)
     policy.beta = c.beta
     stages["aligned"] = ("policy", policy)
@@ -80,13 +97,7 @@ def validate(c, workdir: str) -> dict[str, tuple]:
   """Start-up checks, before any training: config values and the workdir's stages."""
   tasks = known_tasks()
   common.check(c.task in tasks, "task", c.task, f"must be one of {tasks}")
-  grid = [float(x) for x in c.lambdas]
-  common.check(len(grid) >= 2, "lambdas", c.lambdas, "needs at least two λ values")
-  common.check(all(math.isfinite(x) and x >= 0 for x in grid), "lambdas", c.lambdas,
-               "every λ must be finite and >= 0")
-  common.check(len(set(grid)) == len(grid), "lambdas", c.lambdas, "λ values must be distinct")
-  common.check(any(x < 1 for x in grid) and any(x > 1 for x in grid), "lambdas", c.lambdas,
-               "the grid needs values below and above 1 (interpolation and extrapolation)")
+  parse_lambdas(c)
   common.check(math.isfinite(c.beta) and c.beta > 0, "beta", c.beta, "must be finite and > 0")
   for field in ("num_prompts", "samples_per_prompt", "sampling_seeds", "max_new_tokens"):
     common.check(int(c.eval[field]) >= 1, f"eval.{field}", c.eval[field], "must be >= 1")
@@ -203,7 +214,7 @@ def evaluate(c, paths: dict, results_dir: str) -> compare_lib.Comparison:
   sft = load_checkpoint(paths["sft"])
   aligned = load_checkpoint(paths["aligned"])
   reward_model = load_scalar_head_model(paths["reward"])
-  lambdas = [float(x) for x in c.lambdas]
+  lambdas = parse_lambdas(c)
   retrained = {lam: (sft if lam == 0 else aligned if lam == 1 else
                      load_checkpoint(paths[f"retrained_lam{lam:g}"])) for lam in lambdas}
   rows = {}
