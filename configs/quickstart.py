@@ -13,7 +13,7 @@ def get_config():
   c = ml_collections.ConfigDict()
   c.task = "length"  # length | summarization | hallucination
   c.seed = 0
-  c.beta = 0.1  # KL strength of the aligned model
+  c.beta = 0.5  # KL strength of the aligned model (0.1 already saturates the length task)
   c.lambdas = "0,0.5,1,2,4"  # DeRa grid; retrained at β/λ (λ=0: SFT, λ=1: aligned)
   c.seq_len = 64  # prompt + response tokens (bytes + BOS/EOS)
   c.max_prompt_len = 24
