@@ -200,11 +200,11 @@ class Transformer(nnx.Module):
   def logits(self, hidden: jax.Array) -> jax.Array:
     """[B, T, D] hidden states -> [B, T, V] float32 logits."""
     dtype = jnp.dtype(self.config.dtype)
-    if self.config.tie_embeddings:
-      head = self.embed[...].astype(dtype).T
-    else:
-      head = self.lm_head[...].astype(dtype)
-    return jnp.einsum("btd,dv->btv", hidden, head, preferred_element_type=jnp.float32)
+    if self.config.tie_embeddings:  # contract with [V, D] directly: no transposed copy
+      return jnp.einsum("btd,vd->btv", hidden, self.embed[...].astype(dtype),
+                        preferred_element_type=jnp.float32)
+    return jnp.einsum("btd,dv->btv", hidden, self.lm_head[...].astype(dtype),
+                      preferred_element_type=jnp.float32)
 
   def __call__(self, tokens: jax.Array, positions: jax.Array, mask: jax.Array,
                cache: KVCache | None = None, *,

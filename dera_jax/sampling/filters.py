@@ -74,6 +74,9 @@ def sample_tokens(keys: jax.Array, filtered: jax.Array, greedy_scores: jax.Array
   Returns:
     [N] int32 token ids.
   """
-  drawn = jax.vmap(jax.random.categorical)(keys, filtered)
+  # An all-greedy batch skips the draw (V random numbers per row per step).
+  drawn = jax.lax.cond(jnp.any(temperature > 0),
+                       lambda: jax.vmap(jax.random.categorical)(keys, filtered).astype(jnp.int32),
+                       lambda: jnp.zeros(filtered.shape[:1], jnp.int32))
   greedy = jnp.argmax(greedy_scores, axis=-1)
   return jnp.where(temperature > 0, drawn, greedy).astype(jnp.int32)
