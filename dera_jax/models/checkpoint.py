@@ -16,13 +16,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from dera_jax.models.atomic import atomic_directory
 from dera_jax.models.config import TransformerConfig
 from dera_jax.models.transformer import Transformer
 
@@ -70,30 +69,13 @@ def save_checkpoint(model: Transformer, path: str, *, overwrite: bool = False) -
   """
   import orbax.checkpoint as ocp
 
-  path = os.path.abspath(os.fspath(path))
-  if os.path.exists(path) and not overwrite:
-    raise FileExistsError(f"save_checkpoint: {path} exists (pass overwrite=True to replace it)")
-  parent = os.path.dirname(path)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
-  os.chmod(tmp, 0o755)  # mkdtemp makes it owner-only; the result is shared
-  try:
+  with atomic_directory(path, overwrite=overwrite, what="save_checkpoint") as tmp:
     with open(os.path.join(tmp, _CONFIG), "w", encoding="utf-8") as f:
       f.write(config_to_json(model.config))
     state = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     with ocp.StandardCheckpointer() as checkpointer:
       checkpointer.save(os.path.join(tmp, _STATE), state)
       checkpointer.wait_until_finished()
-    if os.path.exists(path):
-      old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old-", dir=parent)
-      os.rename(path, os.path.join(old, "previous"))
-      os.rename(tmp, path)
-      shutil.rmtree(old, ignore_errors=True)
-    else:
-      os.rename(tmp, path)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
 
 
 def load_config(path: str) -> TransformerConfig:

@@ -88,31 +88,17 @@ def save_scalar_head_model(model: ScalarHeadModel, path: str, *, overwrite: bool
   """Write a reward/value model: the trunk as a `save_checkpoint` directory `path/backbone`
   and the head and normalisation constants in `path/head.npz` (atomically, as a whole)."""
   import os
-  import shutil
-  import tempfile
 
   import numpy as np
 
+  from dera_jax.models.atomic import atomic_directory
   from dera_jax.models.checkpoint import save_checkpoint
 
-  path = os.path.abspath(os.fspath(path))
-  if os.path.exists(path) and not overwrite:
-    raise FileExistsError(f"save_scalar_head_model: {path} exists (pass overwrite=True)")
-  parent = os.path.dirname(path)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
-  os.chmod(tmp, 0o755)  # mkdtemp makes it owner-only; the result is shared
-  try:
+  with atomic_directory(path, overwrite=overwrite, what="save_scalar_head_model") as tmp:
     save_checkpoint(model.backbone, os.path.join(tmp, "backbone"))
     np.savez(os.path.join(tmp, "head.npz"), kernel=np.asarray(model.head.kernel[...]),
              bias=np.asarray(model.head.bias[...]), shift=np.asarray(model.shift[...]),
              scale=np.asarray(model.scale[...]))
-    if os.path.exists(path):
-      shutil.rmtree(path)
-    os.rename(tmp, path)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
 
 
 def load_scalar_head_model(path: str) -> ScalarHeadModel:

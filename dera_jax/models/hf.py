@@ -28,9 +28,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import struct
-import tempfile
 from typing import Any
 
 import ml_dtypes
@@ -38,6 +36,7 @@ import numpy as np
 from flax import nnx
 
 from dera_jax.data.tokenizer import Tokenizer
+from dera_jax.models.atomic import atomic_directory
 from dera_jax.models.config import DTYPES, TransformerConfig
 from dera_jax.models.transformer import Transformer
 from dera_jax.models.weights import assign_weights, weight_shapes
@@ -498,11 +497,7 @@ def save_hf(model: Transformer, tokenizer: Tokenizer | None, path: str, *,
   eos = tuple(getattr(tokenizer, "eos_ids", ()) or ())
   pad = getattr(tokenizer, "pad_id", None)
   hf_config = config_to_hf(model.config, bos_id=bos, eos_ids=eos, pad_id=pad)
-  parent = os.path.dirname(path)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
-  os.chmod(tmp, 0o755)  # mkdtemp makes it owner-only; the result is shared
-  try:
+  with atomic_directory(path, overwrite=overwrite, what="save_hf") as tmp:
     with open(os.path.join(tmp, _CONFIG), "w", encoding="utf-8") as f:
       json.dump(hf_config, f, indent=2)
     generation = {"bos_token_id": bos, "pad_token_id": pad,
@@ -516,13 +511,3 @@ def save_hf(model: Transformer, tokenizer: Tokenizer | None, path: str, *,
         raise ValueError(f"save_hf: tokenizer of type {type(tokenizer).__name__} cannot be "
                          "saved in HF format (use dera_jax.data.tokenizer.Tokenizer)")
       tokenizer.save_pretrained(tmp)
-    if os.path.exists(path):
-      old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old-", dir=parent)
-      os.rename(path, os.path.join(old, "previous"))
-      os.rename(tmp, path)
-      shutil.rmtree(old, ignore_errors=True)
-    else:
-      os.rename(tmp, path)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
