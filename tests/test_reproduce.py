@@ -23,8 +23,8 @@ TINY += ["--config.sft.num_steps=6", "--config.sft.warmup_steps=1", "--config.re
          "--config.eval.max_new_tokens=12", "--config.lambdas=0,0.5,1,2,3", "--config.beta=0.1"]
 
 
-def _reproduce(workdir, *extra):
-  cmd = [sys.executable, "-m", "experiments.reproduce", "--config=configs/quickstart.py",
+def _reproduce(workdir, *extra, config="configs/quickstart.py"):
+  cmd = [sys.executable, "-m", "experiments.reproduce", f"--config={config}",
          f"--workdir={workdir}", *TINY, *extra]
   result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200,
                           env=dict(os.environ, JAX_PLATFORMS="cpu"))
@@ -94,3 +94,11 @@ def test_a_workdir_of_another_config_is_refused_at_start_up(run, tmp_path):
   assert code != 0
   assert re.search(r"sft was made under a different config: learning_rate: checkpoint has "
                    r"0.003, now 0.01", out), out[-2000:]
+
+
+def test_the_hallucination_config_runs_every_stage_with_a_tiny_model(tmp_path):
+  code, out = _reproduce(tmp_path, config="configs/hallucination.py")
+  assert code == 0, out[-4000:]
+  table = (tmp_path / "results" / "comparison.md").read_text()
+  assert "hallucination_rate (DeRa)" in table and "hallucination_rate (retrained)" in table
+  assert (tmp_path / "results" / "hallucination_rate_vs_lambda.png").stat().st_size > 0
