@@ -298,7 +298,7 @@ class _SamplerBase:
 
   def _load(self, models) -> tuple[Any, _Spec]:
     """Split (and maybe stack) the models' weights: the snapshot the sampler decodes with."""
-    names, stack_models = self._names, self._stack_models
+    stack_models = self._stack_models
     split = [nnx.split(m) for m in models]
     graphdefs = tuple(g for g, _ in split)
     # A copy of each state's tree: later in-place edits of the models do not leak in.

@@ -33,8 +33,7 @@ from dera_jax.training import common
 from dera_jax.training.lora import LoRAConfig
 from dera_jax.training.losses import (gae, masked_mean, masked_whiten, ppo_policy_loss,
                                       ppo_value_loss, token_kl)
-from dera_jax.training.rollout import (PolicyTrainerBase, RewardFn, response_log_probs,
-                                       rollout_arrays)
+from dera_jax.training.rollout import PolicyTrainerBase, RewardFn, response_log_probs
 
 
 def _response_values(value_model, tokens, mask, m: int):
@@ -120,17 +119,6 @@ class PPOTrainer(PolicyTrainerBase):
       adv = masked_whiten(adv, rmask)
     return dict(batch, old_logprobs=old_lp, ref_logprobs=ref_lp, old_values=values,
                 advantages=adv, returns=returns, scores=scores)
-
-  def experience(self, state: common.TrainerState, rollout_out: Mapping) -> dict:
-    """Rollout arrays + old_logprobs, ref_logprobs, old_values, advantages, returns [N, M]
-    and scores [N] (jitted)."""
-    return self._experience(state, rollout_arrays(rollout_out))
-
-  def train_step(self, state: common.TrainerState, batch, rng: jax.Array | None = None):
-    """`(state, batch, rng) -> (state, metrics)`: one update on an experience batch, jitted
-    once (rng is unused: the update draws no randomness)."""
-    del rng
-    return self._train_jit(state, dict(batch))
 
   def _train_step(self, state: common.TrainerState, batch):
     """One PPO update on an experience batch; pure and jitted."""

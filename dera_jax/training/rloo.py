@@ -27,8 +27,7 @@ import optax
 from dera_jax.training import common
 from dera_jax.training.lora import LoRAConfig
 from dera_jax.training.losses import (masked_mean, rloo_advantages, rloo_loss, token_kl)
-from dera_jax.training.rollout import (PolicyTrainerBase, RewardFn, check_k, response_log_probs,
-                                       rollout_arrays)
+from dera_jax.training.rollout import PolicyTrainerBase, RewardFn, check_k, response_log_probs
 
 
 class RLOOTrainer(PolicyTrainerBase):
@@ -72,16 +71,6 @@ class RLOOTrainer(PolicyTrainerBase):
     ref_lp = response_log_probs(self._ref_model(state.frozen), batch["tokens"], batch["mask"],
                                 m, state.hparams["temperature"])
     return dict(batch, ref_logprobs=ref_lp, scores=self._scores(state.frozen, batch))
-
-  def experience(self, state: common.TrainerState, rollout_out: Mapping) -> dict:
-    """Rollout arrays + `ref_logprobs` [N, M] and `scores` [N] (jitted)."""
-    return self._experience(state, rollout_arrays(rollout_out))
-
-  def train_step(self, state: common.TrainerState, batch, rng: jax.Array | None = None):
-    """`(state, batch, rng) -> (state, metrics)`: one update on an experience batch, jitted
-    once (rng is unused: the update draws no randomness)."""
-    del rng
-    return self._train_jit(state, dict(batch))
 
   def _train_step(self, state: common.TrainerState, batch):
     """One RLOO update on an experience batch (tokens, mask, response_mask, ref_logprobs,

@@ -45,8 +45,8 @@ def check_k(k) -> int:
 
 
 def rollout(policy, prompt_batch: Mapping, *, k: int, max_new_tokens: int, temperature: float,
-            seed: int, stop_ids=(), pad_id: int = 0, top_k: int = 0, top_p: float = 1.0
-            ) -> dict[str, np.ndarray]:
+            seed: int, stop_ids=(), pad_id: int = 0, top_k: int = 0, top_p: float = 1.0,
+            sampler: Sampler | None = None) -> dict[str, np.ndarray]:
   """Sample k responses per prompt from `policy` (an nnx module); see the module docstring.
 
   Rows n·k … n·k + k − 1 are prompt n's samples; each row uses its own row id (a distinct
@@ -62,8 +62,12 @@ def rollout(policy, prompt_batch: Mapping, *, k: int, max_new_tokens: int, tempe
   if empty.size:
     raise ValueError(f"rollout: prompt row {int(empty[0])} is empty (prompt_mask all False)")
   p = prompt_tokens.shape[1]
-  sampler = Sampler(policy, max_prompt_len=p, max_new_tokens=max_new_tokens,
-                    stop_ids=tuple(stop_ids), pad_id=pad_id)
+  if sampler is None:
+    sampler = Sampler(policy, max_prompt_len=p, max_new_tokens=max_new_tokens,
+                      stop_ids=tuple(stop_ids), pad_id=pad_id)
+  elif sampler.max_prompt_len != p or sampler.max_new_tokens != max_new_tokens:
+    raise ValueError(f"rollout: the sampler was built for prompts of {sampler.max_prompt_len} "
+                     f"and {sampler.max_new_tokens} new tokens, not {p} and {max_new_tokens}")
   rep_tokens = np.repeat(prompt_tokens, k, axis=0)
   rep_mask = np.repeat(prompt_mask, k, axis=0)
   prompts = [row[m] for row, m in zip(rep_tokens, rep_mask)]
@@ -118,6 +122,7 @@ class PolicyTrainerBase:
       raise ValueError("ref_model=None is only allowed with LoRA (the reference is then the "
                        "frozen base); pass the SFT model as ref_model")
     self.max_new_tokens = max_new_tokens
+    self._samplers: dict[int, Sampler] = {}  # prompt length -> sampler (see rollout)
     self.stop_ids, self.pad_id = tuple(stop_ids), pad_id
     self.top_k, self.top_p = top_k, top_p
     self.reward_fn = reward_fn
@@ -147,6 +152,17 @@ class PolicyTrainerBase:
 
   # -- host side
 
+  def experience(self, state: common.TrainerState, rollout_out: Mapping) -> dict:
+    """The rollout's arrays plus what the update needs (reference log-probs, scores, …),
+    computed by the subclass's jitted `_experience`."""
+    return self._experience(state, rollout_arrays(rollout_out))
+
+  def train_step(self, state: common.TrainerState, batch, rng: jax.Array | None = None):
+    """`(state, batch, rng) -> (state, metrics)`: one update on an experience batch, jitted
+    once (rng is unused: the update draws no randomness)."""
+    del rng
+    return self._train_jit(state, dict(batch))
+
   def policy_model(self, state: common.TrainerState):
     """The current policy as an ordinary module (LoRA merged), e.g. for a Sampler or DeRa."""
     return self.spec.export(self._policy_params(state), state.frozen["policy"])
@@ -156,14 +172,26 @@ class PolicyTrainerBase:
 
   def rollout(self, state: common.TrainerState, prompt_batch: Mapping, rng: jax.Array
               ) -> dict[str, np.ndarray]:
-    """Sample from the current policy (a fresh Sampler on the current weights) and add
-    `scores` when a reward_fn is used."""
+    """Sample from the current policy and add `scores` when a reward_fn is used.
+
+    One Sampler per prompt length is kept and given the current weights each iteration
+    (`update_weights`: no recompilation, and the weights stay on the device).
+    """
     seed = int(jax.random.randint(rng, (), 0, 2**31 - 1))
-    out = rollout(self.policy_model(state), prompt_batch, k=self.rows_per_prompt,
+    policy = self.spec.build(self._policy_params(state), state.frozen["policy"])
+    p = np.shape(prompt_batch["prompt_tokens"])[1]
+    sampler = self._samplers.get(p)
+    if sampler is None:
+      sampler = self._samplers[p] = Sampler(
+          policy, max_prompt_len=p, max_new_tokens=self.max_new_tokens,
+          stop_ids=self.stop_ids, pad_id=self.pad_id)
+    else:
+      sampler.update_weights(policy)
+    out = rollout(policy, prompt_batch, k=self.rows_per_prompt,
                   max_new_tokens=self.max_new_tokens,
                   temperature=float(state.hparams["temperature"]), seed=seed,
                   stop_ids=self.stop_ids, pad_id=self.pad_id, top_k=self.top_k,
-                  top_p=self.top_p)
+                  top_p=self.top_p, sampler=sampler)
     if self.reward_fn is not None:
       scores = np.asarray(self.reward_fn(out["prompt_tokens"], out["prompt_mask"],
                                          out["response_tokens"], out["lengths"]),
