@@ -12,17 +12,15 @@ program and the process's peak RSS. Every row decodes exactly `new_tokens` token
 
 from __future__ import annotations
 
-import json
 import os
-import platform
 import resource
 import time
 
-import jax
 import numpy as np
 from absl import app, flags
 from flax import nnx
 
+from benchmarks.report import write_report
 from dera_jax.models import Transformer, config_100m, tiny_config
 from dera_jax.sampling import DeRaSampler, Sampler
 from dera_jax.sampling import sampler as sampler_lib
@@ -120,13 +118,7 @@ def main(argv):
       row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
       results.append(row)
 
-  report = {"device": str(jax.devices()[0]), "platform": platform.platform(),
-            "cpu_count": os.cpu_count(), "jax": jax.__version__, "results": results}
-  os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
-  tmp = FLAGS.out + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(report, f, indent=1)
-  os.replace(tmp, FLAGS.out)
+  write_report(FLAGS.out, results)
 
   print("\n| config | batch | single tok/s | DeRa stacked tok/s | ratio | DeRa pair tok/s | ratio "
         "| compile s (DeRa) | decode program MB (DeRa) |")

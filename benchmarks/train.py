@@ -10,9 +10,7 @@ median warm call). JSON out, a markdown table printed.
 
 from __future__ import annotations
 
-import json
 import os
-import platform
 import time
 
 import jax
@@ -21,6 +19,7 @@ import optax
 from absl import app, flags
 from flax import nnx
 
+from benchmarks.report import write_report
 from dera_jax.models import Transformer, config_100m, tiny_config
 from dera_jax.models.heads import ScalarHeadModel
 from dera_jax.training.common import make_optimizer
@@ -113,13 +112,7 @@ def main(argv):
           f"{row['rloo']['seconds_per_iteration']:.2f}s ({row['rloo']['tokens_per_s']:.0f} tok/s)",
           flush=True)
     results.append(row)
-  report = {"device": str(jax.devices()[0]), "platform": platform.platform(),
-            "cpu_count": os.cpu_count(), "jax": jax.__version__, "results": results}
-  os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
-  tmp = FLAGS.out + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(report, f, indent=1)
-  os.replace(tmp, FLAGS.out)
+  write_report(FLAGS.out, results)
   print("\n| config | params | SFT step B×T | SFT tokens/s | RLOO iteration (prompts×k, new) "
         "| s/iteration | RLOO tokens/s | compile s (SFT / RLOO) |")
   print("|---|---|---|---|---|---|---|---|")

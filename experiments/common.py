@@ -5,10 +5,9 @@ Experiments read configs and files; the library (`dera_jax`) does not.
 
 from __future__ import annotations
 
-import dataclasses
 import math
+from typing import Callable
 
-import numpy as np
 from flax import nnx
 
 from dera_jax.data import list_task
@@ -19,6 +18,22 @@ from dera_jax.data.pipeline import preference_pipeline, prompt_pipeline, sft_pip
 from dera_jax.data.tokenizer import ByteTokenizer
 from dera_jax.models import Transformer, tiny_config
 from dera_jax.models.checkpoint import load_checkpoint
+
+def run_app(run: Callable, default_config: str) -> None:
+  """Run `run(config, workdir)` as an absl program: `--config=FILE [--config.field=value]
+  --workdir=DIR`. Flags are defined here, only when a module runs as a program, so apps can
+  import each other's `run`."""
+  from absl import app, flags
+  from ml_collections import config_flags
+
+  config_flags.DEFINE_config_file("config", default_config, "Config file (get_config()).")
+  flags.DEFINE_string("workdir", None, "Run directory.", required=True)
+  def main(argv):
+    del argv
+    run(flags.FLAGS.config, flags.FLAGS.workdir)  # its return value is not an exit status
+
+  app.run(main)
+
 
 TASKS = ("lists",) + known_tasks()
 # What a trainer state checkpoints: the frozen reference / reward models are rebuilt.
@@ -109,11 +124,3 @@ def new_model(c, vocab_size: int, *, seed_offset: int = 0) -> Transformer:
   config = tiny_config(vocab_size=vocab_size, max_seq_len=max(c.seq_len + 64, 128),
                        **c.model.to_dict())
   return Transformer(config, rngs=nnx.Rngs(c.seed + seed_offset))
-
-
-def host_metrics(metrics) -> dict[str, float]:
-  return {k: float(np.asarray(v)) for k, v in metrics.items()}
-
-
-def replace(state, **changes):
-  return dataclasses.replace(state, **changes)

@@ -22,9 +22,7 @@ import time
 
 import jax
 import numpy as np
-from absl import app, flags
 from flax import nnx
-from ml_collections import config_flags
 
 from experiments import common, train_policy, train_reward, train_sft
 from dera_jax.data.tasks import get_task, known_tasks
@@ -36,13 +34,7 @@ from dera_jax.models.heads import load_scalar_head_model
 from dera_jax.sampling import DeRaSampler, Sampler
 from dera_jax.training.checkpointing import config_differences, flatten_config
 
-FLAGS = flags.FLAGS
 SHARED = ("task", "seed", "seq_len", "max_prompt_len", "data_dir")
-
-
-def define_flags() -> None:
-  config_flags.DEFINE_config_file("config", "configs/quickstart.py", "Pipeline config.")
-  flags.DEFINE_string("workdir", None, "Run directory.", required=True)
 
 
 # ----------------------------------------------------------------------------- stages
@@ -277,11 +269,5 @@ def run(c, workdir: str) -> compare_lib.Comparison:
   return cmp
 
 
-def main(argv):
-  del argv
-  run(FLAGS.config, FLAGS.workdir)
-
-
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  common.run_app(run, "configs/quickstart.py")

@@ -11,9 +11,7 @@ from __future__ import annotations
 import math
 import os
 
-from absl import app, flags
 from flax import nnx
-from ml_collections import config_flags
 
 from experiments import common
 from dera_jax.models.checkpoint import save_checkpoint
@@ -21,15 +19,6 @@ from dera_jax.training.common import make_optimizer
 from dera_jax.training.dpo import init_dpo_state, make_dpo_step, make_reference_fn
 from dera_jax.training.lora import LoRAConfig
 from dera_jax.training.loop import train_loop
-
-FLAGS = flags.FLAGS
-
-
-def define_flags() -> None:
-  """Flags are defined only when run as a program, so apps can import each other's run()."""
-  config_flags.DEFINE_config_file("config", "configs/dpo.py", "Training config.")
-  flags.DEFINE_string("workdir", None, "Run directory.", required=True)
-
 
 def run(c, workdir: str) -> str:
   """Train with config `c` in `workdir`; returns the path of the model written."""
@@ -56,11 +45,5 @@ def run(c, workdir: str) -> str:
   return path
 
 
-def main(argv):
-  del argv
-  run(FLAGS.config, FLAGS.workdir)
-
-
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  common.run_app(run, "configs/dpo.py")

@@ -12,9 +12,7 @@ from __future__ import annotations
 import math
 import os
 
-from absl import app, flags
 from flax import nnx
-from ml_collections import config_flags
 
 from experiments import common
 from dera_jax.models.checkpoint import save_checkpoint
@@ -24,14 +22,6 @@ from dera_jax.training.lora import LoRAConfig
 from dera_jax.training.loop import train_loop
 from dera_jax.training.ppo import PPOTrainer
 from dera_jax.training.rloo import RLOOTrainer
-
-FLAGS = flags.FLAGS
-
-
-def define_flags() -> None:
-  """Flags are defined only when run as a program, so apps can import each other's run()."""
-  config_flags.DEFINE_config_file("config", "configs/policy.py", "Training config.")
-  flags.DEFINE_string("workdir", None, "Run directory.", required=True)
 
 ALGORITHMS = ("rloo", "ppo")
 
@@ -83,11 +73,5 @@ def run(c, workdir: str) -> str:
   return path
 
 
-def main(argv):
-  del argv
-  run(FLAGS.config, FLAGS.workdir)
-
-
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  common.run_app(run, "configs/policy.py")

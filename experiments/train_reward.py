@@ -11,9 +11,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from absl import app, flags
 from flax import nnx
-from ml_collections import config_flags
 
 from experiments import common
 from dera_jax.models.heads import ScalarHeadModel, save_scalar_head_model
@@ -23,15 +21,6 @@ from dera_jax.training.lora import LoRAConfig
 from dera_jax.training.loop import train_loop
 from dera_jax.training.reward import (init_reward_state, make_reward_eval_step, make_reward_step,
                                       normalize_rewards)
-
-FLAGS = flags.FLAGS
-
-
-def define_flags() -> None:
-  """Flags are defined only when run as a program, so apps can import each other's run()."""
-  config_flags.DEFINE_config_file("config", "configs/reward.py", "Training config.")
-  flags.DEFINE_string("workdir", None, "Run directory.", required=True)
-
 
 def sft_sample_batches(model, tokenizer, prompts: list[dict], c) -> list[dict]:
   """SFT-format batches of the SFT model's own samples for `prompts` (for normalisation)."""
@@ -85,11 +74,5 @@ def run(c, workdir: str) -> str:
   return path
 
 
-def main(argv):
-  del argv
-  run(FLAGS.config, FLAGS.workdir)
-
-
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  common.run_app(run, "configs/reward.py")

@@ -10,24 +10,12 @@ import os
 
 import jax
 import optax
-from absl import app, flags
 from flax import nnx
-from ml_collections import config_flags
 
 from experiments import common
 from dera_jax.models.checkpoint import save_checkpoint
 from dera_jax.training.loop import train_loop
 from dera_jax.training.sft import SFTBatch, init_train_state, make_sft_step, sft_loss
-
-FLAGS = flags.FLAGS
-
-
-def define_flags() -> None:
-  """Flags are defined only when run as a program, so apps can import each other's run()."""
-  config_flags.DEFINE_config_file("config", "configs/sft.py", "Training config.")
-  flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, final model).",
-                      required=True)
-
 
 def validate(c) -> None:
   common.validate_common(c)
@@ -71,11 +59,5 @@ def run(c, workdir: str) -> str:
   return path
 
 
-def main(argv):
-  del argv
-  run(FLAGS.config, FLAGS.workdir)
-
-
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  common.run_app(run, "configs/sft.py")

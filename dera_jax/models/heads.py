@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from dera_jax.models.transformer import Transformer
+from dera_jax.models.transformer import Transformer, positions_from_mask
 
 
 class Normalizer(nnx.Variable):
@@ -69,7 +69,7 @@ class ScalarHeadModel(nnx.Module):
     Positions come from the mask, so left- and right-padded rows both work.
     """
     mask = jnp.asarray(mask, bool)
-    positions = jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=1) - 1, 0)
+    positions = positions_from_mask(mask)
     if index is None:
       index = last_index(mask)
     v = self.values(tokens, positions, mask)

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from dera_jax.models.transformer import positions_from_mask
 from dera_jax.sampling import filters, inputs
 from dera_jax.sampling.mixing import mix_log_probs
 
@@ -144,7 +145,7 @@ def _run_models(spec: _Spec, states, caches, tokens, positions, mask):
 def _prefill(spec: _Spec, states, tokens, mask):
   TRACE_COUNTS["prefill"] += 1
   n = tokens.shape[0]
-  positions = jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=1) - 1, 0)
+  positions = positions_from_mask(mask)
   empty = [nnx.merge(g, s).init_cache(n, spec.max_len)
            for g, s in zip(spec.graphdefs, _unstacked(spec, states))]
   if spec.mode == "stacked":

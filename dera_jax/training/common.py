@@ -29,6 +29,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from dera_jax.models.transformer import positions_from_mask
 from dera_jax.training import lora as lora_lib
 from dera_jax.training.losses import entropy_from_logits, token_log_probs
 
@@ -155,10 +156,6 @@ def apply_gradients(state: TrainerState, optimizer, grads, **changes) -> Trainer
 # ----------------------------------------------------------------------------- forward helpers
 
 
-def positions_of(mask: jax.Array) -> jax.Array:
-  """[B, T] bool -> RoPE positions counted over real tokens (left or right padding)."""
-  return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=1) - 1, 0)
-
 
 def teacher_forced(model, tokens: jax.Array, mask: jax.Array, temperature=1.0, *,
                    entropy: bool = False):
@@ -168,7 +165,7 @@ def teacher_forced(model, tokens: jax.Array, mask: jax.Array, temperature=1.0, *
   token t + 1.
   """
   mask = jnp.asarray(mask, bool)
-  hidden, _ = model.features(tokens, positions_of(mask), mask)
+  hidden, _ = model.features(tokens, positions_from_mask(mask), mask)
   logits = model.logits(hidden[:, :-1])
   lp = token_log_probs(logits, tokens[:, 1:], temperature)
   if entropy:

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import optax
 
 from dera_jax.models.heads import ScalarHeadModel, last_index
+from dera_jax.models.transformer import positions_from_mask
 from dera_jax.training import common
 from dera_jax.training.lora import LoRAConfig
 from dera_jax.training.losses import (gae, masked_mean, masked_whiten, ppo_policy_loss,
@@ -39,7 +40,7 @@ from dera_jax.training.rollout import PolicyTrainerBase, RewardFn, response_log_
 def _response_values(value_model, tokens, mask, m: int):
   """[N, M] value of the state before each response token (slot P + j − 1)."""
   mask = jnp.asarray(mask, bool)
-  v = value_model.values(tokens, common.positions_of(mask), mask)
+  v = value_model.values(tokens, positions_from_mask(mask), mask)
   return v[:, :-1][:, -m:]
 
 

@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from dera_jax.models.transformer import positions_from_mask
+
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +48,7 @@ def sft_loss(model, batch: SFTBatch) -> tuple[jax.Array, dict[str, jax.Array]]:
   Position t predicts token t + 1; the target counts when `loss_mask[:, t + 1]` is set.
   Returns (loss, {"loss", "tokens"}).
   """
-  positions = jnp.maximum(jnp.cumsum(batch.mask.astype(jnp.int32), axis=1) - 1, 0)
+  positions = positions_from_mask(batch.mask)
   logits, _ = model(batch.tokens, positions, batch.mask)
   log_probs = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
   targets = batch.tokens[:, 1:]

@@ -1,0 +1,21 @@
+"""The JSON every benchmark writes: machine facts beside the measured rows, written atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+
+import jax
+
+
+def write_report(path: str, results: list) -> dict:
+  """Write {device, platform, cpu_count, jax, results} to `path` (temp file, then rename)."""
+  report = {"device": str(jax.devices()[0]), "platform": platform.platform(),
+            "cpu_count": os.cpu_count(), "jax": jax.__version__, "results": results}
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(report, f, indent=1)
+  os.replace(tmp, path)
+  return report
