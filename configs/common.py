@@ -6,7 +6,13 @@ import ml_collections
 def training_defaults(**overrides) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.task = "lists"  # lists | length | summarization | hallucination (built-in, generated)
+  #                   | tldr | preference_files (user files in `task_data`)
+  c.task_data = ""  # the folder a file task reads
   c.data_dir = ""  # "" keeps task records in memory; else a TFDS (array_record) data dir
+  c.tokenizer = "bytes"  # "bytes", or a HF dir / tokenizer dir / .gguf file to take it from
+  c.chat_template = False  # render each prompt as a user turn of the tokenizer's chat template
+  c.dtype = "float32"  # of models loaded from init_from: float32 | bfloat16 | float16
+  c.preference_subset = "all"  # all | proxy | gold: which half of the pairs (see experiments)
   c.seed = 0
   c.num_examples = 4000  # training records generated for the task
   c.num_eval_examples = 256

@@ -18,6 +18,15 @@ def get_config():
   c.seq_len = 64  # prompt + response tokens (bytes + BOS/EOS)
   c.max_prompt_len = 24
   c.data_dir = ""  # "" keeps the task records in memory; else a TFDS data dir
+  c.task_data = ""  # the user-file folder of task "tldr" / "preference_files"
+  c.tokenizer = "auto"  # "auto": sft_model's or sft.init_from's tokenizer, else bytes
+  c.chat_template = False  # prompts as a user turn of the tokenizer's chat template
+  c.dtype = "float32"  # of imported models
+  c.sft_model = ""  # an existing SFT checkpoint (HF dir, .gguf, orbax) instead of training one
+  c.aligned_model = ""  # an existing aligned checkpoint (π_β) instead of training one
+  c.gold = "task"  # judge: "task" (the task's exact judge) | "reward_model" (a second reward
+  #                  model trained on the half of the pairs the proxy never sees)
+  c.train_seeds = 1  # aligned and retrained models trained with seeds seed, seed+1, …
 
   shared = dict(task=c.task, seed=c.seed, seq_len=c.seq_len, max_prompt_len=c.max_prompt_len)
   c.sft = training_defaults(num_steps=300, learning_rate=3e-3, batch_size=64, warmup_steps=30,
@@ -30,7 +39,7 @@ def get_config():
   c.reward.max_new_tokens = 32
   c.policy = training_defaults(num_steps=60, learning_rate=5e-4, batch_size=16, warmup_steps=0,
                                log_every=20, checkpoint_every=60, **shared)
-  c.policy.algorithm = "rloo"
+  c.policy.algorithm = "rloo"  # rloo | ppo | dpo (on the task's preference pairs)
   c.policy.beta = c.beta  # set per stage: β for the aligned model, β/λ for the retrained ones
   c.policy.reward_model = ""  # set by the pipeline
   c.policy.k = 4
@@ -46,4 +55,5 @@ def get_config():
   c.eval.sampling_seeds = 3  # spread over seeds = over independent sampling runs
   c.eval.temperature = 1.0
   c.eval.max_new_tokens = 32
+  c.eval.score_batch_size = 64  # rows per reward-model call
   return c

@@ -5,19 +5,23 @@ Experiments read configs and files; the library (`dera_jax`) does not.
 
 from __future__ import annotations
 
+import functools
 import math
+import zlib
 from typing import Callable
 
+import numpy as np
 from flax import nnx
 
 from dera_jax.data import list_task
 from dera_jax.data.builders import build_dataset
 from dera_jax.data.tasks import get_task, known_tasks
 from dera_jax.data.tasks.base import records as task_records
+from dera_jax.data.tasks.files import FILE_TASKS, get_file_task
 from dera_jax.data.pipeline import preference_pipeline, prompt_pipeline, sft_pipeline
 from dera_jax.data.tokenizer import ByteTokenizer
 from dera_jax.models import Transformer, tiny_config
-from dera_jax.models.checkpoint import load_checkpoint
+from dera_jax.models.loading import load_any, load_tokenizer
 
 def run_app(run: Callable, default_config: str) -> None:
   """Run `run(config, workdir)` as an absl program: `--config=FILE [--config.field=value]
@@ -35,7 +39,8 @@ def run_app(run: Callable, default_config: str) -> None:
   app.run(main)
 
 
-TASKS = ("lists",) + known_tasks()
+TASKS = ("lists",) + known_tasks() + FILE_TASKS
+PREFERENCE_SUBSETS = ("all", "proxy", "gold")
 # What a trainer state checkpoints: the frozen reference / reward models are rebuilt.
 TRAINER_FIELDS = ("params", "opt_state", "step", "hparams")
 
@@ -55,7 +60,42 @@ def validate_common(c) -> None:
 
 
 def tokenizer_for(c):
-  return ByteTokenizer()
+  """`config.tokenizer`: "bytes" (the built-in tasks' byte tokenizer) or the path of a HF
+  directory, tokenizer directory or .gguf file whose tokenizer to use."""
+  return _tokenizer(c.get("tokenizer", "bytes") or "bytes")
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(spec: str):
+  return ByteTokenizer() if spec == "bytes" else load_tokenizer(spec)
+
+
+def task_for(c):
+  """The task of `config.task`: a built-in generated one, or a file task reading
+  `config.task_data` ("tldr", "preference_files")."""
+  if c.task in FILE_TASKS:
+    check(bool(c.get("task_data")), "task_data", c.get("task_data"),
+          f"task {c.task!r} reads user files: set config.task_data to their folder")
+    return _file_task(c.task, c.task_data)
+  return get_task(c.task)
+
+
+@functools.lru_cache(maxsize=4)
+def _file_task(name: str, path: str):
+  return get_file_task(name, path)
+
+
+def format_prompt(c, text: str) -> str:
+  """A task prompt as the model sees it: rendered as one user turn through the tokenizer's chat
+  template when `config.chat_template` is set, else unchanged."""
+  if not c.get("chat_template", False):
+    return text
+  tokenizer = tokenizer_for(c)
+  if not getattr(tokenizer, "chat_template", None):
+    raise ValueError(f"config.chat_template=True but the tokenizer {c.get('tokenizer')!r} has "
+                     "no chat template")
+  return tokenizer.apply_chat_template([{"role": "user", "content": text}],
+                                       add_generation_prompt=True)
 
 
 def records(c, kind: str, split: str) -> list[dict]:
@@ -68,8 +108,15 @@ def records(c, kind: str, split: str) -> list[dict]:
     raise ValueError(f"kind={kind!r}: must be one of {KINDS}")
   seed = c.seed + {"train": 0, "validation": 10_000, "test": 20_000}[split]
   n = c.num_examples if split == "train" else c.get("num_eval_examples", 256)
-  data = _generate(c.task, kind, split, n, seed, c.get("label_noise", 0.0))
-  if not c.get("data_dir"):
+  if c.task in FILE_TASKS:
+    data = _from_files(task_for(c), kind, split, n, seed)
+  else:
+    data = _generate(c.task, kind, split, n, seed, c.get("label_noise", 0.0))
+  if split == "train":
+    data = _preference_subset(c, kind, data)
+  if c.get("chat_template", False):
+    data = [dict(r, prompt=format_prompt(c, r["prompt"])) for r in data]
+  if not c.get("data_dir") or c.task in FILE_TASKS:
     return data
   name = f"dera_{c.task}_{kind}_seed{seed}_n{n}".replace("-", "_")
   if kind == "preference":
@@ -80,6 +127,32 @@ def records(c, kind: str, split: str) -> list[dict]:
 
 
 KINDS = ("sft", "preference", "prompts")
+
+
+def _from_files(task, kind: str, split: str, n: int, seed: int) -> list:
+  """A file task's records: all of them, or a seeded subset of `n` when there are more."""
+  if kind == "preference":
+    data = task.preference_records(split)
+  else:
+    data = task.sft_records(split)
+    if kind == "prompts":
+      data = [{"prompt": r["prompt"]} for r in data]
+  if n < len(data):
+    keep = np.sort(np.random.default_rng(seed).permutation(len(data))[:n])
+    data = [data[i] for i in keep]
+  return data
+
+
+def _preference_subset(c, kind: str, data: list) -> list:
+  """`config.preference_subset`: "all" training pairs, or the "proxy" / "gold" half of them (a
+  stable hash of the prompt), so that a gold reward model never sees the proxy's pairs."""
+  subset = c.get("preference_subset", "all")
+  check(subset in PREFERENCE_SUBSETS, "preference_subset", subset,
+        f"must be one of {PREFERENCE_SUBSETS}")
+  if kind != "preference" or subset == "all":
+    return data
+  half = 0 if subset == "proxy" else 1
+  return [r for r in data if zlib.crc32(r["prompt"].encode("utf-8")) % 2 == half]
 
 
 def _generate(task_name: str, kind: str, split: str, n: int, seed: int, noise: float) -> list:
@@ -118,9 +191,10 @@ def pipeline(c, kind: str, split: str, tokenizer, *, batch_size=None, shuffle=Tr
 
 
 def new_model(c, vocab_size: int, *, seed_offset: int = 0) -> Transformer:
-  """From `c.init_from` (a checkpoint dir) or a fresh tiny model of `c.model`'s shape."""
+  """From `c.init_from` (a checkpoint dir, HF dir or .gguf file, in `c.dtype`) or a fresh
+  tiny model of `c.model`'s shape."""
   if c.get("init_from"):
-    return load_checkpoint(c.init_from)
+    return load_any(c.init_from, dtype=c.get("dtype", "float32"))[0]
   config = tiny_config(vocab_size=vocab_size, max_seq_len=max(c.seq_len + 64, 128),
                        **c.model.to_dict())
   return Transformer(config, rngs=nnx.Rngs(c.seed + seed_offset))

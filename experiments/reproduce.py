@@ -21,20 +21,27 @@ import os
 import time
 
 import jax
+import ml_collections
 import numpy as np
 from flax import nnx
 
-from experiments import common, train_policy, train_reward, train_sft
-from dera_jax.data.tasks import get_task, known_tasks
+from experiments import common, train_dpo, train_policy, train_reward, train_sft
+from dera_jax.data.tasks import known_tasks
+from dera_jax.data.tasks.files import FILE_TASKS
 from dera_jax.eval import compare as compare_lib
 from dera_jax.eval import metrics as metrics_lib
 from dera_jax.eval import plots
-from dera_jax.models.checkpoint import load_checkpoint
+from dera_jax.models.checkpoint import load_checkpoint, save_checkpoint
+from dera_jax.models.config import DTYPES
+from dera_jax.models.loading import checkpoint_format, load_any
 from dera_jax.models.heads import load_scalar_head_model
 from dera_jax.sampling import DeRaSampler, Sampler
 from dera_jax.training.checkpointing import config_differences, flatten_config
 
-SHARED = ("task", "seed", "seq_len", "max_prompt_len", "data_dir")
+SHARED = ("task", "task_data", "seed", "seq_len", "max_prompt_len", "data_dir", "tokenizer",
+          "chat_template", "dtype")
+GOLD_JUDGES = ("task", "reward_model")
+ALIGNERS = ("rloo", "ppo", "dpo")
 
 
 # ----------------------------------------------------------------------------- stages
@@ -56,25 +63,61 @@ def parse_lambdas(c) -> list[float]:
   return grid
 
 
+def tokenizer_spec(c) -> str:
+  """config.tokenizer, "auto" resolved: the imported SFT model's tokenizer, else bytes."""
+  if c.tokenizer != "auto":
+    return c.tokenizer
+  return c.sft_model or c.sft.init_from or "bytes"
+
+
+def seed_suffix(k: int) -> str:
+  """Stage-folder suffix of training seed k (c.seed + k): "" for the first."""
+  return "" if k == 0 else f"_seed{k}"
+
+
 def stage_configs(c) -> dict[str, tuple]:
-  """{stage dir: (kind, config)} in the order they run."""
+  """{stage dir: (kind, config)} in the order they run.
+
+  Kinds: "sft", "import" (an existing checkpoint converted once), "reward", "policy" (RLOO or
+  PPO), "dpo". With `config.gold="reward_model"` a second reward model ("gold_reward") is
+  trained on the other half of the pairs and judges. Aligned and retrained stages are trained
+  once per training seed (`config.train_seeds`).
+  """
   stages = {}
   grid = parse_lambdas(c)
-  sft = _with_shared(c.sft, c)
-  stages["sft"] = ("sft", sft)
+  stages["sft"] = (("import", _import_config(c.sft_model, c)) if c.sft_model else
+                   ("sft", _with_shared(c.sft, c)))
+  judged_by_model = c.gold == "reward_model"
   reward = _with_shared(c.reward, c)
+  reward.preference_subset = "proxy" if judged_by_model else "all"
   stages["reward"] = ("reward", reward)
-  for lam in grid:
-    if lam == 0:
-      continue
-    policy = _with_shared(c.policy, c)
-    policy.beta = c.beta / lam
-    stages["aligned" if lam == 1 else f"retrained_lam{lam:g}"] = ("policy", policy)
-  if 1.0 not in grid:
-    policy = _with_shared(c.policy, c)
-    policy.beta = c.beta
-    stages["aligned"] = ("policy", policy)
+  if judged_by_model:
+    gold = _with_shared(c.reward, c)
+    gold.preference_subset = "gold"
+    stages["gold_reward"] = ("reward", gold)
+  kind = "dpo" if c.policy.algorithm == "dpo" else "policy"
+  for k in range(c.train_seeds):
+    for lam in sorted(set(grid) | {1.0}):
+      if lam == 0:
+        continue
+      name = ("aligned" if lam == 1 else f"retrained_lam{lam:g}") + seed_suffix(k)
+      if lam == 1 and c.aligned_model:
+        if k == 0:
+          stages[name] = ("import", _import_config(c.aligned_model, c))
+        continue
+      policy = _with_shared(c.policy, c)
+      policy.beta = c.beta / lam
+      policy.seed = c.seed + k
+      if kind == "dpo":  # DPO learns from the pairs the reward model learns from
+        with policy.unlocked():
+          policy.label_noise = c.reward.label_noise
+          policy.preference_subset = reward.preference_subset
+      stages[name] = (kind, policy)
   return stages
+
+
+def _import_config(path: str, c):
+  return ml_collections.ConfigDict({"source": os.path.abspath(path), "dtype": c.dtype})
 
 
 def _with_shared(stage, c):
@@ -82,24 +125,51 @@ def _with_shared(stage, c):
   with stage.unlocked():
     for name in SHARED:
       stage[name] = c[name]
+    stage.tokenizer = tokenizer_spec(c)
   return stage
 
 
 def validate(c, workdir: str) -> dict[str, tuple]:
   """Start-up checks, before any training: config values and the workdir's stages."""
-  tasks = known_tasks()
+  tasks = known_tasks() + FILE_TASKS
   common.check(c.task in tasks, "task", c.task, f"must be one of {tasks}")
   parse_lambdas(c)
   common.check(math.isfinite(c.beta) and c.beta > 0, "beta", c.beta, "must be finite and > 0")
-  for field in ("num_prompts", "samples_per_prompt", "sampling_seeds", "max_new_tokens"):
+  common.check(c.gold in GOLD_JUDGES, "gold", c.gold, f"must be one of {GOLD_JUDGES}")
+  common.check(c.gold == "reward_model" or c.task not in FILE_TASKS, "gold", c.gold,
+               f"task {c.task!r} has no exact judge: use gold='reward_model'")
+  common.check(c.policy.algorithm in ALIGNERS, "policy.algorithm", c.policy.algorithm,
+               f"must be one of {ALIGNERS}")
+  common.check(isinstance(c.train_seeds, int) and c.train_seeds >= 1, "train_seeds",
+               c.train_seeds, "must be an integer >= 1")
+  common.check(c.dtype in DTYPES, "dtype", c.dtype, f"must be one of {list(DTYPES)}")
+  for field in ("sft_model", "aligned_model"):
+    if c[field]:
+      try:
+        checkpoint_format(c[field])
+      except ValueError as e:
+        raise ValueError(f"config.{field}={c[field]!r}: {e}") from None
+  common.check(not (c.sft_model and c.sft.init_from), "sft.init_from", c.sft.init_from,
+               "give either config.sft_model (use it as the SFT model) or config.sft.init_from "
+               "(fine-tune it), not both")
+  spec = tokenizer_spec(c)
+  if spec != "bytes":
+    try:
+      common.tokenizer_for(ml_collections.ConfigDict({"tokenizer": spec}))
+    except ValueError as e:
+      raise ValueError(f"config.tokenizer={c.tokenizer!r} ({spec}): {e}") from None
+  for field in ("num_prompts", "samples_per_prompt", "sampling_seeds", "max_new_tokens",
+                "score_batch_size"):
     common.check(int(c.eval[field]) >= 1, f"eval.{field}", c.eval[field], "must be >= 1")
   stages = stage_configs(c)
+  if c.task in FILE_TASKS:
+    common.task_for(stages["reward"][1])  # reads (and checks) the files once, before training
   for name, (kind, cfg) in stages.items():
-    section = "policy" if kind == "policy" else kind
+    section = {"policy": "policy", "dpo": "policy", "gold_reward": "reward"}.get(kind, kind)
     try:
       if kind == "sft":
         train_sft.validate(cfg)
-      else:
+      elif kind != "import":
         common.validate_common(cfg)
     except ValueError as e:  # name the field as the user sets it: config.sft.num_steps, …
       raise ValueError(str(e).replace("config.", f"config.{section}.", 1)) from None
@@ -128,13 +198,19 @@ def run_stage(workdir: str, name: str, kind: str, cfg, inputs: dict) -> str:
     return artifact
   os.makedirs(folder, exist_ok=True)
   compare_lib.atomic_write_text(marker, json.dumps(_flat(cfg), indent=1))
+  if kind == "import":
+    print(f"== {name}: importing {cfg.source}", flush=True)
+    model, _ = load_any(cfg.source, dtype=cfg.dtype)
+    save_checkpoint(model, artifact, overwrite=True)
+    return artifact
   print(f"== {name}: training ({kind})", flush=True)
   with cfg.unlocked():
-    if kind in ("reward", "policy"):
+    if kind in ("reward", "policy", "dpo"):
       cfg.init_from = inputs["sft"]
     if kind == "policy":
       cfg.reward_model = inputs["reward"]
-  run = {"sft": train_sft.run, "reward": train_reward.run, "policy": train_policy.run}[kind]
+  run = {"sft": train_sft.run, "reward": train_reward.run, "policy": train_policy.run,
+         "dpo": train_dpo.run}[kind]
   return run(cfg, folder)
 
 
@@ -144,41 +220,58 @@ def run_stage(workdir: str, name: str, kind: str, cfg, inputs: dict) -> str:
 class Evaluator:
   """Samples and scores DeRa and the retrained models on one split's prompts."""
 
-  def __init__(self, c, task, split: str, sft, reward_model, tokenizer):
+  def __init__(self, c, task, split: str, sft, reward_model, gold_model, tokenizer):
     e = c.eval
     self.c, self.task, self.tokenizer = c, task, tokenizer
     prompts = task.make_split(split, e.num_prompts, c.seed + 101)
     self.examples = [ex for ex in prompts for _ in range(e.samples_per_prompt)]
-    self.prompt_ids = [tokenizer.encode(ex.prompt) for ex in self.examples]
+    self.prompt_ids = [tokenizer.encode(common.format_prompt(c, ex.prompt))
+                       for ex in self.examples]
     self.max_prompt_len = max(map(len, self.prompt_ids))
     self.settings = dict(max_prompt_len=self.max_prompt_len, max_new_tokens=e.max_new_tokens,
                          stop_ids=tokenizer.eos_ids, pad_id=tokenizer.pad_id)
     self.sft = sft
-    graphdef, state = nnx.split(reward_model)
-    self._rm = (graphdef, state)
-    self._score = jax.jit(lambda s, t, m: nnx.merge(graphdef, s).score(t, m))
+    self._reward = self._scorer(reward_model)
+    self._gold = None if gold_model is None else self._scorer(gold_model)
 
-  def rewards(self, token_lists) -> np.ndarray:
-    """Learned reward of prompt + response (stop token included), read at the last token."""
-    rows = [p + list(y) for p, y in zip(self.prompt_ids, token_lists)]
-    t = self.max_prompt_len + self.c.eval.max_new_tokens
-    tokens = np.full((len(rows), t), self.tokenizer.pad_id, np.int32)
-    mask = np.zeros((len(rows), t), bool)
-    for i, row in enumerate(rows):
-      tokens[i, :len(row)], mask[i, :len(row)] = row, True
-    return np.asarray(self._score(self._rm[1], tokens, mask))
+  def _scorer(self, model):
+    """A reward model's scores of prompt + response rows, `eval.score_batch_size` at a time."""
+    graphdef, state = nnx.split(model)
+    score = jax.jit(lambda s, t, m: nnx.merge(graphdef, s).score(t, m))
 
-  def baseline(self, seed: int) -> list[str]:
+    def scores(token_lists) -> np.ndarray:
+      rows = [p + list(y) for p, y in zip(self.prompt_ids, token_lists)]
+      t = self.max_prompt_len + self.c.eval.max_new_tokens
+      b = self.c.eval.score_batch_size
+      out = []
+      for start in range(0, len(rows), b):
+        chunk = rows[start:start + b]
+        tokens = np.full((b, t), self.tokenizer.pad_id, np.int32)  # fixed shape: one compile
+        mask = np.zeros((b, t), bool)
+        mask[len(chunk):, 0] = True  # padding rows score one token, then are dropped
+        for i, row in enumerate(chunk):
+          tokens[i, :len(row)], mask[i, :len(row)] = row, True
+        out.append(np.asarray(score(state, tokens, mask))[:len(chunk)])
+      return np.concatenate(out)
+
+    return scores
+
+  def baseline(self, seed: int) -> dict:
     """SFT samples with another seed: what the win rate is measured against."""
     out = Sampler(self.sft, **self.settings)(self.prompt_ids, seed=seed + 7919,
                                              temperature=self.c.eval.temperature)
-    return [self.tokenizer.decode(y) for y in out.token_lists()]
+    lists = out.token_lists()
+    return {"responses": [self.tokenizer.decode(y) for y in lists],
+            "gold": None if self._gold is None else self._gold(lists)}
 
   def metrics(self, token_lists, logp, logp_sft, lengths, baseline) -> dict[str, float]:
     responses = [self.tokenizer.decode(y) for y in token_lists]
+    judged = {} if self._gold is None else {"gold": self._gold(token_lists),
+                                            "baseline_gold": baseline["gold"]}
     per_sample = metrics_lib.sample_metrics(
-        self.task, self.examples, responses, rewards=self.rewards(token_lists),
-        logp_policy=logp, logp_sft=logp_sft, baseline_responses=baseline, lengths=lengths)
+        self.task, self.examples, responses, rewards=self._reward(token_lists),
+        logp_policy=logp, logp_sft=logp_sft, baseline_responses=baseline["responses"],
+        lengths=lengths, **judged)
     return metrics_lib.aggregate(per_sample), responses
 
   def dera(self, aligned, lambdas, seed: int, baseline) -> dict:
@@ -201,38 +294,43 @@ class Evaluator:
 
 
 def evaluate(c, paths: dict, results_dir: str) -> compare_lib.Comparison:
-  task = get_task(c.task)
+  """DeRa from (π_sft, π_β of each training seed) beside the retrained models; the spread of
+  every cell is over (training seed, sampling seed) runs."""
+  c = _with_resolved_tokenizer(c)  # so that format_prompt(c, …) renders prompts as in training
+  task = common.task_for(c)
   tokenizer = common.tokenizer_for(c)
   sft = load_checkpoint(paths["sft"])
-  aligned = load_checkpoint(paths["aligned"])
   reward_model = load_scalar_head_model(paths["reward"])
+  gold_model = load_scalar_head_model(paths["gold_reward"]) if c.gold == "reward_model" else None
   lambdas = parse_lambdas(c)
-  retrained = {lam: (sft if lam == 0 else aligned if lam == 1 else
-                     load_checkpoint(paths[f"retrained_lam{lam:g}"])) for lam in lambdas}
   rows = {}
   samples = []
   for split in ("validation", "test"):
-    ev = Evaluator(c, task, split, sft, reward_model, tokenizer)
+    ev = Evaluator(c, task, split, sft, reward_model, gold_model, tokenizer)
     per_seed = {"dera": {lam: [] for lam in lambdas}, "retrained": {lam: [] for lam in lambdas}}
-    for s in range(c.eval.sampling_seeds):
-      seed = c.seed + 1000 * s
-      start = time.perf_counter()
-      baseline = ev.baseline(seed)
-      for lam, (m, responses) in ev.dera(aligned, lambdas, seed, baseline).items():
-        per_seed["dera"][lam].append(m)
-        if s == 0 and split == "test":
-          samples += [{"method": "dera", "lambda": lam, "prompt": ex.prompt, "response": r}
-                      for ex, r in list(zip(ev.examples, responses))[::c.eval.samples_per_prompt]]
-      for lam in lambdas:
-        m, responses = ev.model(retrained[lam], seed, baseline)
-        per_seed["retrained"][lam].append(m)
-        if s == 0 and split == "test":
-          samples += [{"method": "retrained", "lambda": lam, "prompt": ex.prompt,
-                       "response": r}
-                      for ex, r in list(zip(ev.examples, responses))[::c.eval.samples_per_prompt]]
-      print(f"== evaluation {split}: seed {s + 1}/{c.eval.sampling_seeds} "
-            f"({len(ev.examples)} samples per λ and method, {time.perf_counter() - start:.0f}s)",
-            flush=True)
+    for k in range(c.train_seeds):
+      aligned_path = paths.get("aligned" + seed_suffix(k), paths["aligned"])
+      aligned = load_checkpoint(aligned_path)
+      retrained = {lam: (sft if lam == 0 else aligned if lam == 1 else
+                         load_checkpoint(paths[f"retrained_lam{lam:g}" + seed_suffix(k)]))
+                   for lam in lambdas}
+      for s in range(c.eval.sampling_seeds):
+        seed = c.seed + 1000 * s
+        start = time.perf_counter()
+        baseline = ev.baseline(seed)
+        keep = k == 0 and s == 0 and split == "test"
+        for lam, (m, responses) in ev.dera(aligned, lambdas, seed, baseline).items():
+          per_seed["dera"][lam].append(m)
+          if keep:
+            samples += _samples("dera", lam, ev, responses)
+        for lam in lambdas:
+          m, responses = ev.model(retrained[lam], seed, baseline)
+          per_seed["retrained"][lam].append(m)
+          if keep:
+            samples += _samples("retrained", lam, ev, responses)
+        print(f"== evaluation {split}: models of seed {k + 1}/{c.train_seeds}, sampling seed "
+              f"{s + 1}/{c.eval.sampling_seeds} ({len(ev.examples)} samples per λ and method, "
+              f"{time.perf_counter() - start:.0f}s)", flush=True)
     rows[split] = {method: {lam: metrics_lib.aggregate_seeds(runs) for lam, runs in by_lam.items()}
                    for method, by_lam in per_seed.items()}
   columns = list(metrics_lib.STANDARD_COLUMNS) + [task.primary_metric]
@@ -245,6 +343,20 @@ def evaluate(c, paths: dict, results_dir: str) -> compare_lib.Comparison:
   compare_lib.atomic_write_text(os.path.join(results_dir, "samples.jsonl"),
                                 "".join(json.dumps(s) + "\n" for s in samples))
   return cmp
+
+
+def _with_resolved_tokenizer(c):
+  c = c.copy_and_resolve_references()
+  with c.unlocked():
+    c.tokenizer = tokenizer_spec(c)
+  return c
+
+
+def _samples(method: str, lam: float, ev: Evaluator, responses) -> list[dict]:
+  """One sample per prompt (the first of its samples), for samples.jsonl."""
+  step = ev.c.eval.samples_per_prompt
+  return [{"method": method, "lambda": lam, "prompt": ex.prompt, "response": r}
+          for ex, r in list(zip(ev.examples, responses))[::step]]
 
 
 def run(c, workdir: str) -> compare_lib.Comparison:

@@ -120,8 +120,13 @@ def win_rate(task, examples, responses, baseline_responses) -> float:
 def sample_metrics(task, examples, responses: Sequence[str], *, rewards=None,
                    logp_policy=None, logp_sft=None, logp_mask=None,
                    baseline_responses: Sequence[str] | None = None,
-                   lengths=None) -> dict[str, np.ndarray]:
-  """Per-sample columns ([N] float64 each) for N responses to N examples; see the module doc."""
+                   lengths=None, gold=None, baseline_gold=None) -> dict[str, np.ndarray]:
+  """Per-sample columns ([N] float64 each) for N responses to N examples; see the module doc.
+
+  `gold` / `baseline_gold` ([N] each): scores of a judge other than the task's exact one (e.g.
+  a gold reward model) for the responses and the baseline responses; then `task.gold_score`
+  is not called, and the win rate compares these.
+  """
   _check_lengths(examples, responses=responses)
   n = len(examples)
   if n == 0:
@@ -129,10 +134,19 @@ def sample_metrics(task, examples, responses: Sequence[str], *, rewards=None,
   out: dict[str, np.ndarray] = {}
   if rewards is not None:
     out["reward"] = _vector("rewards", rewards, n)
-  out["gold"] = np.array([task.gold_score(e, r) for e, r in zip(examples, responses)],
-                         np.float64)
-  if baseline_responses is not None:
-    out["win_rate"] = win_rates(task, examples, responses, baseline_responses)
+  if gold is None:
+    if baseline_gold is not None:
+      raise ValueError("sample_metrics: baseline_gold needs gold")
+    out["gold"] = np.array([task.gold_score(e, r) for e, r in zip(examples, responses)],
+                           np.float64)
+    if baseline_responses is not None:
+      out["win_rate"] = win_rates(task, examples, responses, baseline_responses)
+  else:
+    out["gold"] = _vector("gold", gold, n)
+    if baseline_gold is not None:
+      other = _vector("baseline_gold", baseline_gold, n)
+      out["win_rate"] = np.where(out["gold"] > other, 1.0,
+                                 np.where(out["gold"] == other, 0.5, 0.0))
   if (logp_policy is None) != (logp_sft is None):
     raise ValueError("sample_metrics: give both logp_policy and logp_sft, or neither")
   if logp_policy is not None:
