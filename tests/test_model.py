@@ -101,9 +101,13 @@ def test_forward_matches_float64_numpy_reference(family):
   np.testing.assert_allclose(np.asarray(logits[0]), reference, atol=2e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("layout", ["stacked", "per_layer"])
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_cached_decode_equals_full_forward_on_uneven_left_padded_prompts(family):
+def test_cached_decode_equals_full_forward_on_uneven_left_padded_prompts(family, layout):
   model = _model(family)
+  if layout == "per_layer":
+    model = model.for_decoding()
+    assert not model.stacked
   lengths, t, prefill = [9, 5, 1, 7], 9, 6
   tokens, mask = _batch(lengths, t, model.vocab_size)
   positions = positions_from_mask(mask)
@@ -119,6 +123,50 @@ def test_cached_decode_equals_full_forward_on_uneven_left_padded_prompts(family)
   diff = np.abs(np.asarray(decoded - full))[mask]  # pads are meaningless in both
   assert diff.max() <= 1e-5, diff.max()
   assert int(cache.index) == t
+  assert cache.per_layer == (layout == "per_layer")
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_per_layer_layout_gives_the_stacked_models_logits_and_cache(family):
+  stacked = _model(family)
+  per_layer = stacked.for_decoding()
+  assert per_layer.for_decoding() is per_layer
+  assert [type(layer).__name__ for layer in per_layer.layers] == ["DecoderLayer"] * 2
+  np.testing.assert_array_equal(per_layer.layers[1].down[...], stacked.layers.down[...][1])
+  tokens, mask = _batch([7, 4, 1], 7, stacked.vocab_size, seed=1)
+  positions = positions_from_mask(mask)
+  full_s, _ = stacked(tokens, positions, mask)
+  full_p, _ = per_layer(tokens, positions, mask)
+  np.testing.assert_allclose(np.asarray(full_p), np.asarray(full_s), atol=1e-5)
+  logits_s, cache_s = stacked(tokens, positions, mask, stacked.init_cache(3, 9))
+  logits_p, cache_p = per_layer(tokens, positions, mask, per_layer.init_cache(3, 9))
+  np.testing.assert_allclose(np.asarray(logits_p), np.asarray(logits_s), atol=1e-5)
+  assert len(cache_p.k) == stacked.config.num_layers
+  for i in range(stacked.config.num_layers):
+    np.testing.assert_allclose(np.asarray(cache_p.k[i]), np.asarray(cache_s.k[i]), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(cache_p.v[i]), np.asarray(cache_s.v[i]), atol=1e-5)
+  tiled = cache_p.repeat(2)
+  assert tiled.k[0].shape == (6, 9, *cache_p.k[0].shape[2:])
+  np.testing.assert_array_equal(np.asarray(tiled.v[1][3:]), np.asarray(cache_p.v[1]))
+
+
+def test_a_cache_of_the_other_layout_is_rejected():
+  stacked = _model("llama_gqa")
+  per_layer = stacked.for_decoding()
+  tokens, mask = _batch([3], 3, stacked.vocab_size)
+  positions = positions_from_mask(mask)
+  with pytest.raises(ValueError, match="per-layer KV cache given to a model in the stacked"):
+    stacked(tokens, positions, mask, per_layer.init_cache(1, 4))
+  with pytest.raises(ValueError, match="stacked KV cache given to a model in the per-layer"):
+    per_layer(tokens, positions, mask, stacked.init_cache(1, 4))
+
+
+def test_the_per_layer_copy_does_not_follow_later_edits_of_the_stacked_model():
+  stacked = _model("llama_gqa")
+  per_layer = stacked.for_decoding()
+  before = per_layer.layers[0].q[...]
+  stacked.layers.q[...] = stacked.layers.q[...] * 2.0
+  np.testing.assert_array_equal(per_layer.layers[0].q[...], before)
 
 
 @pytest.mark.parametrize("family", ["llama_gqa", "mistral_window"])

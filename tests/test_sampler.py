@@ -8,6 +8,7 @@ from flax import nnx
 
 from dera_jax.models import Transformer, positions_from_mask, tiny_config
 from dera_jax.sampling import DeRaSampler, Sampler, mix_logits
+from dera_jax.sampling import sampler as sampler_lib
 from dera_jax.sampling.sampler import TRACE_COUNTS
 from tests.stubs import BigramLM, CountingLM, PositionLM, ShiftedLM
 
@@ -203,3 +204,23 @@ def test_vocabularies_that_differ_need_the_shared_prefix_option():
 
 def _random_table(seed, vocab=VOCAB):
   return np.random.default_rng(seed).normal(0, 2.0, (vocab, vocab))
+
+
+@pytest.mark.parametrize("stack", [True, False])
+def test_per_layer_decode_layout_matches_the_layer_scan(pair, stack, monkeypatch):
+  kw = dict(lambdas=[0.3, 1.7, -0.5, 2.5], seed=5, temperature=0.8)
+  sampler = _sampler(*pair, stack_models=stack)
+  assert sampler._spec.graphdefs[0] == nnx.graphdef(pair[0].for_decoding())  # per-layer
+  per_layer = sampler(PROMPTS, **kw)
+  traces = dict(TRACE_COUNTS)
+  again = sampler(PROMPTS, **{**kw, "lambdas": 0.9, "seed": 6})  # no retrace
+  assert dict(TRACE_COUNTS) == traces and again.tokens.shape == per_layer.tokens.shape
+  sampler.update_weights(*pair)  # re-split, same programs
+  np.testing.assert_array_equal(sampler(PROMPTS, **kw).tokens, per_layer.tokens)
+  assert dict(TRACE_COUNTS) == traces
+  # The same sampler over the stacked weights (one scan over layers).
+  monkeypatch.setattr(sampler_lib, "_decode_layout", lambda model: model)
+  scanned = _sampler(*pair, stack_models=stack)(PROMPTS, **kw)
+  np.testing.assert_array_equal(per_layer.tokens, scanned.tokens)
+  for field in ("logprobs", "sft_logprobs", "aligned_logprobs"):
+    np.testing.assert_allclose(getattr(per_layer, field), getattr(scanned, field), atol=1e-5)

@@ -15,9 +15,12 @@ How a call runs:
 
 Models: any NNX module with `vocab_size`, `init_cache(batch_size, max_len)` (a pytree with
 `.repeat(k)`) and `__call__(tokens, positions, mask, cache) -> (logits, cache)`;
-`dera_jax.models.Transformer` is one. Two models of one architecture can run as one vmapped
-call over their stacked weights (`stack_models`; this holds a stacked copy of both models'
-weights); otherwise, and by default on CPU, the two models are two calls in the same step.
+`dera_jax.models.Transformer` is one. A model with a `for_decoding()` method (a copy of itself
+laid out for token-by-token decoding; `Transformer`'s has one buffer per layer) is decoded
+through that copy, made at construction and at `update_weights`. Two models of one
+architecture can run as one vmapped call over their stacked weights (`stack_models`; this holds
+a stacked copy of both models' weights); otherwise, and by default on CPU, the two models are
+two calls in the same step.
 """
 
 from __future__ import annotations
@@ -239,6 +242,15 @@ def _check_model(name: str, model) -> int:
   return int(model.vocab_size)
 
 
+def _decode_layout(model):
+  """`model.for_decoding()` where the model has one, else the model itself.
+
+  Only this copy is kept: for a `Transformer` it holds the layer weights once more, one buffer
+  per layer (the stacked original stays with the caller)."""
+  for_decoding = getattr(model, "for_decoding", None)
+  return for_decoding() if callable(for_decoding) else model
+
+
 def _same_architecture(graphdef_a, state_a, graphdef_b, state_b) -> bool:
   if graphdef_a != graphdef_b:
     return False
@@ -300,10 +312,11 @@ class _SamplerBase:
   def _load(self, models) -> tuple[Any, _Spec]:
     """Split (and maybe stack) the models' weights: the snapshot the sampler decodes with."""
     stack_models = self._stack_models
-    split = [nnx.split(m) for m in models]
+    split = [nnx.split(_decode_layout(m)) for m in models]
     graphdefs = tuple(g for g, _ in split)
     # A copy of each state's tree: later in-place edits of the models do not leak in.
     states = tuple(jax.tree.map(lambda x: x, s) for _, s in split)
+    del split
     if len(models) == 1:
       mode = "single"
     else:
