@@ -1,4 +1,4 @@
-"""The jitted DeRa sampler: two models, one `lax.scan`, many λ.
+"""The jitted DeRa sampler: two models, one decode loop, many λ.
 
     sampler = DeRaSampler(sft, aligned, max_prompt_len=64, max_new_tokens=32, stop_ids=[eos])
     out = sampler(prompts, lambdas=[0.5, 2.0], seed=0)          # one λ per prompt
@@ -8,10 +8,10 @@ How a call runs:
 1. prompts are left-padded to `max_prompt_len` (a fixed shape: no recompiles across batches);
 2. `_prefill` runs both models over the prompts once and keeps their KV caches;
 3. for a sweep, the caches are tiled K times (`_tile`), one copy per λ;
-4. `_decode` (caches donated) scans over `max_new_tokens` steps. Per step: both models'
+4. `_decode` (caches donated) loops over up to `max_new_tokens` steps. Per step: both models'
    log-softmax (float32) → mix with each row's λ → temperature → top-k / top-p → draw with a
    key folded from (seed, row id, step) → feed the token back. Rows stop at any stop id and then
-   emit `pad_id`; once every row has stopped, the model calls are skipped.
+   emit `pad_id`; once every row has stopped, the loop ends (no more model calls).
 
 Models: any NNX module with `vocab_size`, `init_cache(batch_size, max_len)` (a pytree with
 `.repeat(k)`) and `__call__(tokens, positions, mask, cache) -> (logits, cache)`;
@@ -177,13 +177,20 @@ def _tile(spec: _Spec, caches, log_probs, repeats: int):
 
 def _decode(spec: _Spec, states, caches, log_probs, prompt_lengths, lambdas, temperature, top_k,
             top_p, seed, row_ids):
-  """The scan over new tokens. Shapes: log_probs [n_models, N, V]; per-row controls [N]."""
+  """The loop over new tokens. Shapes: log_probs [n_models, N, V]; per-row controls [N].
+
+  Step t draws token t from the log-probs of the previous call; the models then run on it to
+  give step t + 1's. It is a `while_loop` that ends after `max_new_tokens` draws or once every
+  row has stopped, with the model calls in its body (not under a `cond`): so the caches are
+  loop-carried buffers that each layer updates in place (through a `cond` XLA:CPU copied
+  every cache at every step).
+  """
   TRACE_COUNTS["decode"] += 1
-  n = prompt_lengths.shape[0]
+  n, m = prompt_lengths.shape[0], spec.max_new_tokens
   single = spec.mode == "single"
 
-  def step(carry, t):
-    caches, lp, done, next_pos = carry
+  def draw(t, lp, done, outs):
+    """Draw token t from `lp` [n_models, N, V]; write its outputs at column t of `outs`."""
     scores = lp[0] if single else mix_log_probs(lp[0], lp[1], lambdas)
     policy_lp = filters.apply_temperature(scores, temperature)
     filtered = filters.maybe_filter(policy_lp, top_k, top_p)
@@ -195,27 +202,36 @@ def _decode(spec: _Spec, states, caches, log_probs, prompt_lengths, lambdas, tem
       return jnp.where(done, 0.0, chosen)
 
     emitted = jnp.where(done, spec.pad_id, token)
-    out = {"tokens": emitted, "logprobs": pick(policy_lp), "emitting": ~done}
+    new = {"tokens": emitted, "logprobs": pick(policy_lp), "emitting": ~done}
     if not single:
-      out["sft_logprobs"] = pick(filters.apply_temperature(lp[0], temperature))
-      out["aligned_logprobs"] = pick(filters.apply_temperature(lp[1], temperature))
+      new["sft_logprobs"] = pick(filters.apply_temperature(lp[0], temperature))
+      new["aligned_logprobs"] = pick(filters.apply_temperature(lp[1], temperature))
+    outs = {k: outs[k].at[t].set(new[k]) for k in outs}
     stopped = functools.reduce(jnp.logical_or, [token == s for s in spec.stop_ids],
                                jnp.zeros_like(done))
-    new_done = done | stopped
-    live = ~new_done
+    return emitted, done | stopped, outs
 
-    def forward(operands):
-      caches, _ = operands
-      lp, caches = _run_models(spec, states, caches, emitted[:, None], next_pos[:, None],
-                               live[:, None])
-      return caches, lp
+  # [M, N] outputs; the columns of steps never run keep what a stopped row emits.
+  outs = {"tokens": jnp.full((m, n), spec.pad_id, jnp.int32),
+          "logprobs": jnp.zeros((m, n), jnp.float32), "emitting": jnp.zeros((m, n), bool)}
+  if not single:
+    outs["sft_logprobs"] = outs["aligned_logprobs"] = outs["logprobs"]
+  emitted, done, outs = draw(0, log_probs, jnp.zeros((n,), bool), outs)
 
-    caches, lp = jax.lax.cond(jnp.all(new_done) | (t == spec.max_new_tokens - 1),
-                              lambda operands: operands, forward, (caches, lp))
-    return (caches, lp, new_done, next_pos + live.astype(jnp.int32)), out
+  def more(carry):
+    t, _, _, done, _, _ = carry
+    return (t < m) & ~jnp.all(done)
 
-  init = (caches, log_probs, jnp.zeros((n,), bool), prompt_lengths)
-  (caches, _, _, _), outs = jax.lax.scan(step, init, jnp.arange(spec.max_new_tokens))
+  def step(carry):
+    t, caches, emitted, done, next_pos, outs = carry
+    live = ~done
+    lp, caches = _run_models(spec, states, caches, emitted[:, None], next_pos[:, None],
+                             live[:, None])
+    emitted, done, outs = draw(t, lp, done, outs)
+    return t + 1, caches, emitted, done, next_pos + live.astype(jnp.int32), outs
+
+  init = (jnp.asarray(1, jnp.int32), caches, emitted, done, prompt_lengths, outs)
+  _, caches, _, _, _, outs = jax.lax.while_loop(more, step, init)
   outs = {k: v.T for k, v in outs.items()}  # [M, N] -> [N, M]
   outs["lengths"] = jnp.sum(outs.pop("emitting"), axis=1, dtype=jnp.int32)
   return outs, caches
