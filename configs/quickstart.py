@@ -26,7 +26,7 @@ def get_config():
   c.aligned_model = ""  # an existing aligned checkpoint (π_β) instead of training one
   c.gold = "task"  # judge: "task" (the task's exact judge) | "reward_model" (a second reward
   #                  model trained on the half of the pairs the proxy never sees)
-  c.train_seeds = 1  # aligned and retrained models trained with seeds seed, seed+1, …
+  c.train_seeds = 2  # aligned and retrained models trained with seeds seed, seed+1, …
 
   shared = dict(task=c.task, seed=c.seed, seq_len=c.seq_len, max_prompt_len=c.max_prompt_len)
   c.sft = training_defaults(num_steps=300, learning_rate=3e-3, batch_size=64, warmup_steps=30,
@@ -52,7 +52,7 @@ def get_config():
   c.eval = ml_collections.ConfigDict()
   c.eval.num_prompts = 32  # per split (validation, test)
   c.eval.samples_per_prompt = 4
-  c.eval.sampling_seeds = 3  # spread over seeds = over independent sampling runs
+  c.eval.sampling_seeds = 2  # the spread is over train_seeds x sampling_seeds runs
   c.eval.temperature = 1.0
   c.eval.max_new_tokens = 32
   c.eval.score_batch_size = 64  # rows per reward-model call

@@ -3,10 +3,13 @@
     python -m experiments.reproduce --config=configs/quickstart.py --workdir=runs/quickstart
 
 Stages (each in its own folder of the workdir, reused when its config is unchanged):
-  sft/                SFT on the task's demonstrations
-  reward/             reward model (Bradley–Terry on noisy gold-labelled pairs)
-  aligned/            RLOO (or PPO) at β against that reward model: π_β
+  sft/                SFT on the task's demonstrations (or `config.sft_model` imported)
+  reward/             reward model (Bradley–Terry on the task's preference pairs)
+  gold_reward/        with `config.gold="reward_model"`: a second reward model, trained on the
+                      half of the pairs the first never sees, that judges (the "gold" column)
+  aligned/            RLOO, PPO or DPO at β (or `config.aligned_model` imported): π_β
   retrained_lam{λ}/   the same at β/λ for every λ of the grid other than 0 and 1
+  *_seed{k}/          aligned and retrained again with seed + k, k < `config.train_seeds`
   results/            DeRa at every λ from (π_sft, π_β) beside the retrained models, on the
                       validation and test prompts: comparison.md / .csv, agreement.csv,
                       comparison.json, PNG plots, samples.jsonl, summary.json

@@ -20,7 +20,8 @@ TINY += ["--config.sft.num_steps=6", "--config.sft.warmup_steps=1", "--config.re
          "--config.policy.max_new_tokens=8", "--config.reward.num_normalize_samples=8",
          "--config.reward.max_new_tokens=8", "--config.eval.num_prompts=3",
          "--config.eval.samples_per_prompt=2", "--config.eval.sampling_seeds=2",
-         "--config.eval.max_new_tokens=12", "--config.lambdas=0,0.5,1,2,3", "--config.beta=0.1"]
+         "--config.eval.max_new_tokens=12", "--config.lambdas=0,0.5,1,2,3", "--config.beta=0.1",
+         "--config.train_seeds=1"]
 
 
 def _reproduce(workdir, *extra, config="configs/quickstart.py"):
