@@ -128,7 +128,7 @@ def test_tldr_config_runs_every_stage_from_a_hf_model(tmp_path, tokenizer):
   base = _hf_model(tmp_path / "base", tokenizer, seed=0)
   workdir = tmp_path / "run"
   code, out = _reproduce("configs/tldr.py", workdir, _tiny(
-      **{"task_data": str(data), "sft.init_from": base, "policy.k": 2}))
+      **{"task_data": str(data), "sft.init_from": base, "policy.k": 2, "train_seeds": 1}))
   assert code == 0, out[-4000:]
   for stage in ("sft", "reward", "gold_reward", "aligned", "retrained_lam0.5",
                 "retrained_lam2"):
