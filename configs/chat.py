@@ -24,7 +24,9 @@ def get_config():
   c.aligned_model = ""  # required: the DPO checkpoint, trained from sft_model at `beta`
   c.beta = 0.1
   c.lambdas = "0,0.5,1,2,4"
+  c.train_seeds = 1  # one given aligned model; seeds of the retrained ones alone would not pair
   c.gold = "reward_model"
+  c.overlong = "truncate"  # a long post / prompt loses its start, as in the paper's setup
   c.chat_template = True
   c.dtype = "bfloat16"
   c.seq_len = 1024

@@ -14,6 +14,8 @@ def training_defaults(**overrides) -> ml_collections.ConfigDict:
   c.dtype = "float32"  # of models loaded from init_from: float32 | bfloat16 | float16
   c.preference_subset = "all"  # all | proxy | gold: which half of the pairs (see experiments)
   c.seed = 0
+  c.data_seed = -1  # seed of the generated / sampled data; -1: `seed`
+  c.overlong = "error"  # records longer than seq_len: "error" or "truncate" (the prompt's left)
   c.num_examples = 4000  # training records generated for the task
   c.num_eval_examples = 256
   c.seq_len = 64  # prompt + response tokens

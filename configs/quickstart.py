@@ -22,6 +22,7 @@ def get_config():
   c.tokenizer = "auto"  # "auto": sft_model's or sft.init_from's tokenizer, else bytes
   c.chat_template = False  # prompts as a user turn of the tokenizer's chat template
   c.dtype = "float32"  # of imported models
+  c.overlong = "error"  # prompt + response over seq_len: "error" or "truncate" (prompt's left)
   c.sft_model = ""  # an existing SFT checkpoint (HF dir, .gguf, orbax) instead of training one
   c.aligned_model = ""  # an existing aligned checkpoint (π_β) instead of training one
   c.gold = "task"  # judge: "task" (the task's exact judge) | "reward_model" (a second reward

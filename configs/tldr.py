@@ -19,8 +19,10 @@ def get_config():
   c.task = "tldr"
   c.task_data = ""  # required: the folder of the TL;DR files
   c.gold = "reward_model"
+  c.overlong = "truncate"  # a long post / prompt loses its start, as in the paper's setup
   c.beta = 0.05
   c.lambdas = "0,0.5,1,2,4"
+  c.train_seeds = 2  # aligned and retrained RLOO runs twice each (the spread covers training)
   c.seq_len = 576  # prompt (up to 512 tokens) + summary
   c.max_prompt_len = 512
   c.dtype = "bfloat16"

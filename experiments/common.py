@@ -94,8 +94,12 @@ def format_prompt(c, text: str) -> str:
   if not getattr(tokenizer, "chat_template", None):
     raise ValueError(f"config.chat_template=True but the tokenizer {c.get('tokenizer')!r} has "
                      "no chat template")
-  return tokenizer.apply_chat_template([{"role": "user", "content": text}],
-                                       add_generation_prompt=True)
+  rendered = tokenizer.apply_chat_template([{"role": "user", "content": text}],
+                                           add_generation_prompt=True)
+  bos = tokenizer.special_tokens.get("bos_token")
+  if tokenizer.add_bos and bos and rendered.startswith(bos):
+    rendered = rendered[len(bos):]  # encode() prepends BOS itself: do not have two
+  return rendered
 
 
 def records(c, kind: str, split: str) -> list[dict]:
@@ -106,7 +110,9 @@ def records(c, kind: str, split: str) -> list[dict]:
   """
   if kind not in KINDS:
     raise ValueError(f"kind={kind!r}: must be one of {KINDS}")
-  seed = c.seed + {"train": 0, "validation": 10_000, "test": 20_000}[split]
+  data_seed = c.get("data_seed", -1)
+  seed = (c.seed if data_seed < 0 else data_seed) + {"train": 0, "validation": 10_000,
+                                                     "test": 20_000}[split]
   n = c.num_examples if split == "train" else c.get("num_eval_examples", 256)
   if c.task in FILE_TASKS:
     data = _from_files(task_for(c), kind, split, n, seed)
@@ -121,6 +127,10 @@ def records(c, kind: str, split: str) -> list[dict]:
   name = f"dera_{c.task}_{kind}_seed{seed}_n{n}".replace("-", "_")
   if kind == "preference":
     name += f"_noise{int(round(1000 * c.get('label_noise', 0.0)))}"
+    if split == "train" and c.get("preference_subset", "all") != "all":
+      name += f"_{c.preference_subset}"
+  if c.get("chat_template", False):  # rendered prompts depend on the tokenizer's template
+    name += f"_chat{zlib.crc32(str(c.tokenizer).encode('utf-8')):08x}"
   sources = build_dataset(name, {key: "text" for key in data[0]}, {split: data},
                           data_dir=c.data_dir)
   return sources[split]
@@ -182,7 +192,7 @@ def pipeline(c, kind: str, split: str, tokenizer, *, batch_size=None, shuffle=Tr
   data = records(c, kind, split)
   check_dataset(c, data)
   kw = dict(batch_size=batch_size or c.batch_size, seed=c.seed, shuffle=shuffle, num_epochs=None,
-            shard_index=0, shard_count=1)
+            shard_index=0, shard_count=1, overlong=c.get("overlong", "error"))
   if kind == "sft":
     return sft_pipeline(data, tokenizer, max_length=c.seq_len, **kw)
   if kind == "preference":

@@ -36,13 +36,13 @@ from dera_jax.eval import metrics as metrics_lib
 from dera_jax.eval import plots
 from dera_jax.models.checkpoint import load_checkpoint, save_checkpoint
 from dera_jax.models.config import DTYPES
-from dera_jax.models.loading import checkpoint_format, load_any
+from dera_jax.models.loading import checkpoint_format, has_tokenizer, load_any
 from dera_jax.models.heads import load_scalar_head_model
 from dera_jax.sampling import DeRaSampler, Sampler
 from dera_jax.training.checkpointing import config_differences, flatten_config
 
 SHARED = ("task", "task_data", "seed", "seq_len", "max_prompt_len", "data_dir", "tokenizer",
-          "chat_template", "dtype")
+          "chat_template", "dtype", "overlong")
 GOLD_JUDGES = ("task", "reward_model")
 ALIGNERS = ("rloo", "ppo", "dpo")
 
@@ -67,10 +67,14 @@ def parse_lambdas(c) -> list[float]:
 
 
 def tokenizer_spec(c) -> str:
-  """config.tokenizer, "auto" resolved: the imported SFT model's tokenizer, else bytes."""
+  """config.tokenizer, "auto" resolved: the tokenizer of the imported SFT model (sft_model or
+  sft.init_from) when it has one (HF directories and .gguf files do), else bytes."""
   if c.tokenizer != "auto":
     return c.tokenizer
-  return c.sft_model or c.sft.init_from or "bytes"
+  path = c.sft_model or c.sft.init_from
+  if not path or (checkpoint_format(path) == "checkpoint" and not has_tokenizer(path)):
+    return "bytes"
+  return path
 
 
 def seed_suffix(k: int) -> str:
@@ -110,7 +114,8 @@ def stage_configs(c) -> dict[str, tuple]:
         continue
       policy = _with_shared(c.policy, c)
       policy.beta = c.beta / lam
-      policy.seed = c.seed + k
+      policy.seed = c.seed + k  # the model's seed; its data stay those of config.seed
+      policy.data_seed = c.seed
       if kind == "dpo":  # DPO learns from the pairs the reward model learns from
         with policy.unlocked():
           policy.label_noise = c.reward.label_noise
@@ -145,30 +150,41 @@ def validate(c, workdir: str) -> dict[str, tuple]:
                f"must be one of {ALIGNERS}")
   common.check(isinstance(c.train_seeds, int) and c.train_seeds >= 1, "train_seeds",
                c.train_seeds, "must be an integer >= 1")
+  common.check(c.train_seeds == 1 or not c.aligned_model, "train_seeds", c.train_seeds,
+               f"must be 1 with an imported aligned_model={c.aligned_model!r} (there is one "
+               "aligned model, so seeds would repeat the same DeRa runs)")
   common.check(c.dtype in DTYPES, "dtype", c.dtype, f"must be one of {list(DTYPES)}")
-  for field in ("sft_model", "aligned_model"):
-    if c[field]:
+  for field, path in (("sft_model", c.sft_model), ("aligned_model", c.aligned_model),
+                      ("sft.init_from", c.sft.init_from)):
+    if path:
       try:
-        checkpoint_format(c[field])
+        checkpoint_format(path)
       except ValueError as e:
-        raise ValueError(f"config.{field}={c[field]!r}: {e}") from None
+        raise ValueError(f"config.{field}={path!r}: {e}") from None
   common.check(not (c.sft_model and c.sft.init_from), "sft.init_from", c.sft.init_from,
                "give either config.sft_model (use it as the SFT model) or config.sft.init_from "
                "(fine-tune it), not both")
   spec = tokenizer_spec(c)
-  if spec != "bytes":
-    try:
-      common.tokenizer_for(ml_collections.ConfigDict({"tokenizer": spec}))
-    except ValueError as e:
-      raise ValueError(f"config.tokenizer={c.tokenizer!r} ({spec}): {e}") from None
+  try:
+    tokenizer = common.tokenizer_for(ml_collections.ConfigDict({"tokenizer": spec}))
+  except ValueError as e:
+    raise ValueError(f"config.tokenizer={c.tokenizer!r} ({spec}): {e}") from None
+  common.check(not c.chat_template or bool(getattr(tokenizer, "chat_template", None)),
+               "chat_template", c.chat_template,
+               f"the tokenizer ({spec}) has no chat template; set chat_template=False")
+  common.check(c.overlong in ("error", "truncate"), "overlong", c.overlong,
+               "must be 'error' or 'truncate'")
   for field in ("num_prompts", "samples_per_prompt", "sampling_seeds", "max_new_tokens",
                 "score_batch_size"):
     common.check(int(c.eval[field]) >= 1, f"eval.{field}", c.eval[field], "must be >= 1")
   stages = stage_configs(c)
-  if c.task in FILE_TASKS:
-    common.task_for(stages["reward"][1])  # reads (and checks) the files once, before training
+  if c.task in FILE_TASKS:  # read and check the files once, before any training
+    task = common.task_for(stages["reward"][1])
+    for split in ("train", "validation", "test"):
+      task.sft_records(split)
+      task.preference_records(split)
   for name, (kind, cfg) in stages.items():
-    section = {"policy": "policy", "dpo": "policy", "gold_reward": "reward"}.get(kind, kind)
+    section = "policy" if kind == "dpo" else kind
     try:
       if kind == "sft":
         train_sft.validate(cfg)
@@ -177,7 +193,7 @@ def validate(c, workdir: str) -> dict[str, tuple]:
     except ValueError as e:  # name the field as the user sets it: config.sft.num_steps, …
       raise ValueError(str(e).replace("config.", f"config.{section}.", 1)) from None
     marker = os.path.join(workdir, name, "stage_config.json")
-    if os.path.exists(marker):
+    if os.path.exists(marker) and _has_work(os.path.join(workdir, name)):
       with open(marker) as f:
         stored = json.load(f)
       differences = config_differences(stored, _flat(cfg))
@@ -185,6 +201,13 @@ def validate(c, workdir: str) -> dict[str, tuple]:
         raise ValueError(f"{os.path.join(workdir, name)} was made under a different config: "
                          + "; ".join(differences) + ". Use another --workdir.")
   return stages
+
+
+def _has_work(folder: str) -> bool:
+  """Whether a stage folder holds its artifact or training checkpoints (a marker alone, left by
+  a stage that failed before its first checkpoint, does not bind the workdir)."""
+  return any(os.path.exists(os.path.join(folder, name))
+             for name in ("model", "reward_model", "checkpoints"))
 
 
 def _flat(cfg) -> dict:
@@ -228,7 +251,7 @@ class Evaluator:
     self.c, self.task, self.tokenizer = c, task, tokenizer
     prompts = task.make_split(split, e.num_prompts, c.seed + 101)
     self.examples = [ex for ex in prompts for _ in range(e.samples_per_prompt)]
-    self.prompt_ids = [tokenizer.encode(common.format_prompt(c, ex.prompt))
+    self.prompt_ids = [self._fit(tokenizer.encode(common.format_prompt(c, ex.prompt)))
                        for ex in self.examples]
     self.max_prompt_len = max(map(len, self.prompt_ids))
     self.settings = dict(max_prompt_len=self.max_prompt_len, max_new_tokens=e.max_new_tokens,
@@ -236,6 +259,18 @@ class Evaluator:
     self.sft = sft
     self._reward = self._scorer(reward_model)
     self._gold = None if gold_model is None else self._scorer(gold_model)
+
+  def _fit(self, ids: list[int]) -> list[int]:
+    """A prompt of at most `max_prompt_len` tokens, as the training pipelines make it."""
+    limit = self.c.max_prompt_len
+    if len(ids) <= limit:
+      return ids
+    if self.c.overlong == "error":
+      raise ValueError(f"an evaluation prompt is {len(ids)} tokens, more than config."
+                       f"max_prompt_len={limit} (set config.overlong='truncate' or raise it)")
+    bos = getattr(self.tokenizer, "bos_id", None)
+    head = ids[:1] if bos is not None and ids[0] == bos else []
+    return head + ids[len(ids) - (limit - len(head)):]
 
   def _scorer(self, model):
     """A reward model's scores of prompt + response rows, `eval.score_batch_size` at a time."""

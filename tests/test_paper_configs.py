@@ -128,13 +128,16 @@ def test_tldr_config_runs_every_stage_from_a_hf_model(tmp_path, tokenizer):
   base = _hf_model(tmp_path / "base", tokenizer, seed=0)
   workdir = tmp_path / "run"
   code, out = _reproduce("configs/tldr.py", workdir, _tiny(
-      **{"task_data": str(data), "sft.init_from": base, "policy.k": 2, "train_seeds": 1}))
+      **{"task_data": str(data), "sft.init_from": base, "policy.k": 2, "train_seeds": 2}))
   assert code == 0, out[-4000:]
   for stage in ("sft", "reward", "gold_reward", "aligned", "retrained_lam0.5",
-                "retrained_lam2"):
+                "retrained_lam2", "aligned_seed1", "retrained_lam0.5_seed1",
+                "retrained_lam2_seed1"):
     assert (workdir / stage / "stage_config.json").exists(), stage
   assert json.loads((workdir / "sft" / "stage_config.json").read_text())["tokenizer"] == base
-  _check_results(workdir, "words", n_runs=2)
+  seed1 = json.loads((workdir / "retrained_lam2_seed1" / "stage_config.json").read_text())
+  assert (seed1["seed"], seed1["data_seed"], seed1["beta"]) == (1, 0, 0.025)
+  _check_results(workdir, "words", n_runs=4)  # 2 training seeds x 2 sampling seeds
 
 
 def test_chat_config_realigns_an_sft_dpo_pair_with_dpo_baselines(tmp_path, tokenizer):
@@ -148,21 +151,19 @@ def test_chat_config_realigns_an_sft_dpo_pair_with_dpo_baselines(tmp_path, token
   workdir = tmp_path / "run"
   code, out = _reproduce("configs/chat.py", workdir, _tiny(
       stages=("reward", "policy"), **{"task_data": str(data), "sft_model": sft,
-                                      "aligned_model": aligned, "train_seeds": 2,
-                                      "policy.lora_rank": 2, "reward.lora_rank": 2}))
+                                      "aligned_model": aligned, "policy.lora_rank": 2,
+                                      "reward.lora_rank": 2}))
   assert code == 0, out[-4000:]
   assert re.search(r"== sft: importing .*sft", out) and re.search(r"== aligned: importing", out)
   assert "training (sft)" not in out
-  for stage in ("reward", "gold_reward", "retrained_lam0.5", "retrained_lam2",
-                "retrained_lam0.5_seed1", "retrained_lam2_seed1"):
+  for stage in ("reward", "gold_reward", "retrained_lam0.5", "retrained_lam2"):
     assert (workdir / stage / "model" if "reward" not in stage else
             workdir / stage / "reward_model").is_dir(), stage
-  assert not (workdir / "aligned_seed1").exists()  # the given aligned model is used for both
   assert "== retrained_lam2: training (dpo)" in out
   assert "reward_margin" in (workdir / "retrained_lam2" / "metrics.jsonl").read_text()
-  seed1 = json.loads((workdir / "retrained_lam2_seed1" / "stage_config.json").read_text())
-  assert (seed1["seed"], seed1["beta"], seed1["lora_rank"]) == (1, 0.05, 2)
-  _check_results(workdir, "words", n_runs=4)  # 2 training seeds x 2 sampling seeds
+  stage = json.loads((workdir / "retrained_lam2" / "stage_config.json").read_text())
+  assert (stage["beta"], stage["lora_rank"], stage["preference_subset"]) == (0.05, 2, "proxy")
+  _check_results(workdir, "words", n_runs=2)
   samples = [json.loads(line) for line in
              (workdir / "results" / "samples.jsonl").read_text().splitlines()]
   assert samples and all(s["prompt"].startswith("test ") for s in samples)
@@ -193,6 +194,9 @@ def test_proxy_and_gold_reward_models_never_share_a_pair(tmp_path):
     ({"train_seeds": 0}, r"config.train_seeds=0: must be an integer >= 1"),
     ({"gold": "oracle"}, r"config.gold='oracle': must be one of"),
     ({"dtype": "float8"}, r"config.dtype='float8': must be one of"),
+    ({"chat_template": True}, r"config.chat_template=True: the tokenizer \(bytes\) has no chat "
+                              r"template"),
+    ({"overlong": "cut"}, r"config.overlong='cut': must be 'error' or 'truncate'"),
 ])
 def test_bad_protocol_settings_fail_at_start_up(tmp_path, settings, message):
   code, out = _reproduce("configs/quickstart.py", tmp_path / "run", settings)
@@ -206,7 +210,69 @@ def test_a_preference_file_with_a_bad_line_is_named(tmp_path):
     _write(str(data / f"{split}.jsonl"), [{"prompt": "p", "chosen": "a", "rejected": "b"}])
   with open(data / "validation.jsonl", "a") as f:
     f.write(json.dumps({"prompt": "p", "chosen": 3, "rejected": "b"}) + "\n")
-  code, out = _reproduce("configs/chat.py", tmp_path / "run", {"task_data": str(data)})
+  code, out = _reproduce("configs/chat.py", tmp_path / "run", {"task_data": str(data),
+                                                               "chat_template": False})
   assert code != 0
   assert re.search(r"validation.jsonl line 2: field 'chosen' must be a non-empty string", out), \
       out[-2000:]
+
+
+def test_an_imported_aligned_model_takes_one_training_seed(tmp_path, tokenizer):
+  model = _hf_model(tmp_path / "m", tokenizer, seed=0)
+  code, out = _reproduce("configs/quickstart.py", tmp_path / "run",
+                         {"sft_model": model, "aligned_model": model, "train_seeds": 2})
+  assert code != 0 and re.search(r"config.train_seeds=2: must be 1 with an imported "
+                                 r"aligned_model", out), out[-2000:]
+
+
+def test_a_stage_that_failed_before_any_checkpoint_does_not_lock_the_workdir(tmp_path):
+  from configs import quickstart
+  from experiments import reproduce
+  c = quickstart.get_config()
+  stale = tmp_path / "sft"
+  stale.mkdir()
+  (stale / "stage_config.json").write_text(json.dumps({"learning_rate": 123.0}))
+  reproduce.validate(c, str(tmp_path))  # a marker alone: the stage will be redone
+  (stale / "checkpoints").mkdir()
+  with pytest.raises(ValueError, match=r"sft was made under a different config"):
+    reproduce.validate(c, str(tmp_path))
+
+
+def test_a_template_that_writes_bos_does_not_give_two(tokenizer):
+  import ml_collections
+  from dera_jax.data.tokenizer import Tokenizer as Tok
+  tok = Tok(tokenizer.backend, bos_id=1, eos_ids=[4], pad_id=0, add_bos=True,
+            chat_template="{{ bos_token }}" + CHATML)
+  common._tokenizer.cache_clear()
+  c = ml_collections.ConfigDict({"tokenizer": "x", "chat_template": True})
+  original = common._tokenizer
+  common._tokenizer = lambda spec: tok
+  try:
+    ids = tok.encode(common.format_prompt(c, "cat dog"))
+  finally:
+    common._tokenizer = original
+  assert ids[0] == 1 and ids[1] != 1 and ids[1] == tok.token_to_id("<|im_start|>")
+
+
+def test_proxy_and_gold_halves_stay_apart_through_a_tfds_data_dir(tmp_path):
+  import ml_collections
+  base = dict(task="length", task_data="", seed=0, num_examples=64, label_noise=0.1,
+              data_dir=str(tmp_path / "tfds"))
+  prompts = {subset: {r["prompt"] for r in common.records(ml_collections.ConfigDict(
+      dict(base, preference_subset=subset)), "preference", "train")}
+      for subset in ("proxy", "gold")}
+  assert prompts["proxy"] and prompts["gold"] and not prompts["proxy"] & prompts["gold"]
+
+
+def test_a_gold_judge_without_baseline_scores_is_refused():
+  from dera_jax.data.tasks.files import FileTask
+  from dera_jax.data.tasks.base import Example
+  from dera_jax.eval import metrics
+  task = FileTask.__new__(FileTask)
+  examples = [Example(prompt="p", response="r")] * 2
+  with pytest.raises(ValueError, match="baseline_gold"):
+    metrics.sample_metrics(task, examples, ["a b", "c"], gold=[1.0, 0.0],
+                           baseline_responses=["x", "y"])
+  out = metrics.sample_metrics(task, examples, ["a b", "c"], gold=[1.0, 0.0],
+                               baseline_responses=["x", "y"], baseline_gold=[0.5, 0.0])
+  assert out["win_rate"].tolist() == [1.0, 0.5] and out["words"].tolist() == [2.0, 1.0]

@@ -143,6 +143,9 @@ def sample_metrics(task, examples, responses: Sequence[str], *, rewards=None,
       out["win_rate"] = win_rates(task, examples, responses, baseline_responses)
   else:
     out["gold"] = _vector("gold", gold, n)
+    if baseline_responses is not None and baseline_gold is None:
+      raise ValueError("sample_metrics: with `gold` given, the win rate needs baseline_gold "
+                       "(the same judge's scores of baseline_responses)")
     if baseline_gold is not None:
       other = _vector("baseline_gold", baseline_gold, n)
       out["win_rate"] = np.where(out["gold"] > other, 1.0,
