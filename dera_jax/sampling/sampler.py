@@ -20,7 +20,9 @@ laid out for token-by-token decoding; `Transformer`'s has one buffer per layer) 
 through that copy, made at construction and at `update_weights`. Two models of one
 architecture can run as one vmapped call over their stacked weights (`stack_models`; this holds
 a stacked copy of both models' weights); otherwise, and by default on CPU, the two models are
-two calls in the same step.
+two calls in the same step. With `pair_devices=(d0, d1)` the SFT model lives and runs on d0 and
+the aligned model on d1, side by side (a `shard_map` over a two-device "pair" mesh axis); only
+the [N, V] log-probs cross between the devices each step.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from dera_jax.models.transformer import positions_from_mask
 from dera_jax.sampling import filters, inputs
@@ -55,6 +58,7 @@ class _Spec:
   stop_ids: tuple[int, ...]
   pad_id: int
   model_axes: tuple[int, ...] = ()  # "stacked": the model axis of each state leaf
+  mesh: Mesh | None = None  # pair_devices: a 1-D mesh, axis "pair", one model per device
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,6 +137,9 @@ def _accepts_last_only(model_type) -> bool:
 
 def _run_models(spec: _Spec, states, caches, tokens, positions, mask):
   """All models on a chunk -> log-probs [n_models, N, spec.vocab] and their caches."""
+  if spec.mode == "stacked" and spec.mesh is not None:
+    lp, caches = _run_on_pair_devices(spec, states, caches, tokens, positions, mask)
+    return lp[..., :spec.vocab], caches
   if spec.mode == "stacked":
     fn = functools.partial(_last_log_probs, spec.graphdefs[0])
     axes = jax.tree.unflatten(jax.tree.structure(states), spec.model_axes)
@@ -143,6 +150,31 @@ def _run_models(spec: _Spec, states, caches, tokens, positions, mask):
           for g, s, c in zip(spec.graphdefs, states, caches)]
   lp = jnp.stack([o[0][..., :spec.vocab] for o in outs])
   return lp, tuple(o[1] for o in outs)
+
+
+def _pair_spec(axis: int, ndim: int) -> PartitionSpec:
+  """A leaf's partition over the "pair" mesh axis: its model axis split, one model per device."""
+  return PartitionSpec(*[("pair" if i == axis else None) for i in range(ndim)])
+
+
+def _run_on_pair_devices(spec: _Spec, states, caches, tokens, positions, mask):
+  """`_run_models` for stacked states split over `spec.mesh`: each device runs its own model
+  (a `shard_map`, so neither device sees the other's weights). -> lp [2, N, V], caches."""
+  axes = jax.tree.unflatten(jax.tree.structure(states), spec.model_axes)
+  state_specs = jax.tree.map(lambda axis, x: _pair_spec(axis, x.ndim), axes, states)
+  cache_specs = jax.tree.map(lambda x: PartitionSpec("pair"), caches)
+
+  def one_model(states, caches, tokens, positions, mask):
+    state = jax.tree.map(lambda axis, x: jnp.squeeze(x, axis), axes, states)
+    cache = jax.tree.map(lambda x: x[0], caches)
+    lp, cache = _last_log_probs(spec.graphdefs[0], state, tokens, positions, mask, cache)
+    return lp[None], jax.tree.map(lambda x: x[None], cache)
+
+  replicated = PartitionSpec()
+  return jax.shard_map(one_model, mesh=spec.mesh,
+                       in_specs=(state_specs, cache_specs, replicated, replicated, replicated),
+                       out_specs=(PartitionSpec("pair"), cache_specs), check_vma=False)(
+                           states, caches, tokens, positions, mask)
 
 
 def _prefill(spec: _Spec, states, tokens, mask):
@@ -293,12 +325,28 @@ def _stack_states(state_a, state_b):
   return stacked, tuple(jax.tree.leaves(axes))
 
 
+def _pair_mesh(pair_devices, stack_models) -> Mesh | None:
+  """The "pair" mesh of `pair_devices` (two distinct devices), or None."""
+  if pair_devices is None:
+    return None
+  devices = list(pair_devices) if isinstance(pair_devices, (list, tuple)) else None
+  if (devices is None or len(devices) != 2 or
+      not all(isinstance(d, jax.Device) for d in devices) or devices[0] == devices[1]):
+    raise ValueError(f"pair_devices={pair_devices!r}: must be two distinct jax devices, e.g. "
+                     f"jax.devices()[:2] (this process has {jax.device_count()}; on a CPU "
+                     "host start it with XLA_FLAGS=--xla_force_host_platform_device_count=2)")
+  if stack_models is False:
+    raise ValueError("pair_devices runs the two models as one stacked program split over the "
+                     "devices; it cannot be combined with stack_models=False")
+  return Mesh(np.array(devices, dtype=object), ("pair",))
+
+
 class _SamplerBase:
   """Shared batching, validation and output assembly of `Sampler` and `DeRaSampler`."""
 
   def _setup(self, models: Sequence[Any], names: Sequence[str], *, max_prompt_len: int,
              max_new_tokens: int, stop_ids, pad_id: int, shared_vocab_prefix: bool,
-             stack_models):
+             stack_models, pair_devices=None):
     self.max_prompt_len = inputs.check_int("max_prompt_len", max_prompt_len, low=1)
     self.max_new_tokens = inputs.check_int("max_new_tokens", max_new_tokens, low=1)
     vocabs = [_check_model(name, m) for name, m in zip(names, models)]
@@ -323,6 +371,7 @@ class _SamplerBase:
       raise ValueError(f"stack_models={stack_models!r}: must be 'auto', True or False")
     self._names = tuple(names)
     self._stack_models = stack_models
+    self._mesh = _pair_mesh(pair_devices, stack_models)
     self._states, self._spec = self._load(models)
 
   def _load(self, models) -> tuple[Any, _Spec]:
@@ -340,20 +389,29 @@ class _SamplerBase:
       if stack_models is True and not same:
         raise ValueError("stack_models=True needs two models of one architecture (equal "
                          "configs and parameter shapes); use 'auto' or False")
+      if self._mesh is not None and not same:
+        raise ValueError("pair_devices needs two models of one architecture (equal configs "
+                         "and parameter shapes); leave it None to run both on one device")
       # On CPU one vmapped call measured no faster than two plain calls (0.9-1.1x,
       # benchmarks/sampler.py), and stacking copies both models' weights: "auto" stacks on
       # accelerators only, where one call saves a kernel launch per op.
       auto_stack = same and jax.default_backend() != "cpu"
-      mode = "stacked" if stack_models is True or (stack_models == "auto" and auto_stack) \
-          else "pair"
+      mode = "stacked" if (stack_models is True or self._mesh is not None or
+                           (stack_models == "auto" and auto_stack)) else "pair"
     model_axes = ()
     if mode == "stacked":
       graphdefs = graphdefs[:1]
       states, model_axes = _stack_states(states[0], states[1])
+      if self._mesh is not None:  # each model's half of every leaf onto its own device
+        leaves, tree = jax.tree.flatten(states)
+        states = jax.tree.unflatten(tree, [
+            jax.device_put(x, NamedSharding(self._mesh, _pair_spec(axis, x.ndim)))
+            for x, axis in zip(leaves, model_axes)])
     spec = _Spec(mode=mode, graphdefs=graphdefs, vocab=self.vocab_size,
                  max_len=self.max_prompt_len + self.max_new_tokens,
                  max_new_tokens=self.max_new_tokens, stop_ids=self.stop_ids,
-                 pad_id=self.pad_id, model_axes=model_axes)
+                 pad_id=self.pad_id, model_axes=model_axes,
+                 mesh=self._mesh if mode == "stacked" else None)
     return states, spec
 
   def update_weights(self, *models) -> None:
@@ -430,15 +488,18 @@ class DeRaSampler(_SamplerBase):
     stack_models: "auto" stacks two models of one architecture into one vmapped call on
       accelerators (two calls on CPU, where they are faster); True requires stacking;
       False always makes two calls.
+    pair_devices: two devices (e.g. `jax.devices()[:2]`): the SFT model's weights and cache
+      live on the first and the aligned model's on the second, and the two forward passes of a
+      step run side by side. Needs one architecture. Same draws as on one device.
   """
 
   def __init__(self, sft_model, aligned_model, *, max_prompt_len: int, max_new_tokens: int,
                stop_ids: Sequence[int] = (), pad_id: int = 0,
-               shared_vocab_prefix: bool = False, stack_models="auto"):
+               shared_vocab_prefix: bool = False, stack_models="auto", pair_devices=None):
     self._setup([sft_model, aligned_model], ["sft_model", "aligned_model"],
                 max_prompt_len=max_prompt_len, max_new_tokens=max_new_tokens,
                 stop_ids=stop_ids, pad_id=pad_id, shared_vocab_prefix=shared_vocab_prefix,
-                stack_models=stack_models)
+                stack_models=stack_models, pair_devices=pair_devices)
 
   def __call__(self, prompts, *, lambdas, seed: int = 0, temperature=1.0, top_k=0, top_p=1.0,
                row_ids=None) -> SampleOutput:
