@@ -34,6 +34,9 @@ def run_app(run: Callable, default_config: str) -> None:
   flags.DEFINE_string("workdir", None, "Run directory.", required=True)
   def main(argv):
     del argv
+    if not flags.FLAGS["verbosity"].present:  # orbax logs every checkpoint op at INFO
+      from absl import logging
+      logging.set_verbosity(logging.WARNING)
     run(flags.FLAGS.config, flags.FLAGS.workdir)  # its return value is not an exit status
 
   app.run(main)
