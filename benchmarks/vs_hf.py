@@ -6,7 +6,9 @@ ours with `load_hf`) and `smollm2` (SmolLM2-135M-Instruct from its Q4_1 GGUF, pa
 copy whose weights carry seeded Gaussian noise) — it times greedy decoding from
 softmax(λ·h_aligned + (1−λ)·h_sft):
 
-  (a) ours:        `DeRaSampler`, float32, stack_models=True ("stacked") and False ("pair");
+  (a) ours:        `DeRaSampler`, float32, stack_models=True ("stacked"), False ("pair") and
+                   pair_devices=jax.devices()[:2] ("devices": each model on its own device;
+                   this process starts with two CPU devices, which share the machine's cores);
   (b) hf_generate: the paper's demo — `aligned.generate(...)` with a `LogitsProcessor` that runs
                    the SFT model beside it with its own `DynamicCache` (fed one new token per
                    call), mixing λ·aligned + (1−λ)·sft logits; batch 1, fresh cache per call;
@@ -22,7 +24,8 @@ stop early); one warm-up call, then the median of --repeats calls. Per method: n
 prefill ms, and ms per decode step = (call − prefill) / (new_tokens − 1) (the first new token
 comes out of the prefill; HF methods time their prefill inside each call, ours — one jitted
 call — through separate calls of the sampler's jitted prefill). The batch-1 decode step is compared with a floor: the bytes of both
-models' weights over the memory bandwidth measured here (numpy copies of a 1 GiB array).
+models' weights over the memory bandwidth measured here (numpy copies of a 1 GiB array), and,
+for reference, over the read bandwidth (numpy sums of the same array).
 
     python -m benchmarks.vs_hf --out=benchmarks/results/vs_hf.json
     python -m benchmarks.vs_hf --models=tiny --batch_sizes=1,4 --repeats=1   # quick check
@@ -30,12 +33,21 @@ models' weights over the memory bandwidth measured here (numpy copies of a 1 GiB
 
 from __future__ import annotations
 
+import os
+
+# Two CPU devices, so that (a) can also run with pair_devices; the other variants use the first
+# (measured: one or two devices make no difference to them). Must precede the jax import;
+# only when run as a program, so importing this module changes nothing.
+if __name__ == "__main__" and "xla_force_host_platform_device_count" not in os.environ.get(
+    "XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             " --xla_force_host_platform_device_count=2").strip()
+
 import concurrent.futures
 import datetime
 import gc
 import inspect
 import json
-import os
 import platform
 import resource
 import shutil
@@ -86,8 +98,8 @@ HF_CONFIGS = {
                  num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=4, **_LLAMA),
 }
 TARGETS = {
-    "a_vs_b_batch1": "ours (best of stacked/pair) new tokens/s >= 2x (b) at batch 1",
-    "a_vs_c_batch32": "ours (best of stacked/pair) new tokens/s >= 1.2x (c) at batch 32",
+    "a_vs_b_batch1": "ours (best variant) new tokens/s >= 2x (b) at batch 1",
+    "a_vs_c_batch32": "ours (best variant) new tokens/s >= 1.2x (c) at batch 32",
     "a_step_vs_floor_batch1": "ours (best) batch-1 decode ms/step <= 1.5x the weight-bytes floor",
 }
 
@@ -125,12 +137,18 @@ def _memory_bandwidth(gib: float, repeats: int = 5) -> dict:
       list(pool.map(lambda i: np.copyto(dst[bounds[i]:bounds[i + 1]],
                                         src[bounds[i]:bounds[i + 1]]), range(workers)))
     multi = best(threaded)
+
+    def threaded_read():
+      list(pool.map(lambda i: np.add.reduce(src[bounds[i]:bounds[i + 1]]), range(workers)))
+    read = best(threaded_read)
   del src, dst
   single_bw, multi_bw = 2 * nbytes / single, 2 * nbytes / multi
   return {"array_bytes": nbytes, "repeats": repeats,
           "formula": "bandwidth = 2 * array_bytes / best_copy_seconds (read + write)",
           "single_thread_gb_s": single_bw / 1e9, "threads": workers,
-          "multi_thread_gb_s": multi_bw / 1e9, "bytes_per_s": max(single_bw, multi_bw)}
+          "multi_thread_gb_s": multi_bw / 1e9, "bytes_per_s": max(single_bw, multi_bw),
+          "read_formula": "read_bandwidth = array_bytes / best_threaded_sum_seconds",
+          "read_bytes_per_s": nbytes / read}
 
 
 def _machine() -> dict:
@@ -244,10 +262,11 @@ _CACHE_KW = ("cache" if "cache" in inspect.signature(transformers.LlamaForCausal
 class _Ours:
   """(a): DeRaSampler; prefill is timed separately through the sampler's own jitted prefill."""
 
-  def __init__(self, sft, aligned, *, stack: bool, new_tokens: int, prompt_len: int):
+  def __init__(self, sft, aligned, *, variant: str, new_tokens: int, prompt_len: int):
+    options = {"stacked": dict(stack_models=True), "pair": dict(stack_models=False),
+               "devices": dict(pair_devices=jax.devices()[:2])}[variant]
     self.sampler = DeRaSampler(sft, aligned, max_prompt_len=prompt_len,
-                               max_new_tokens=new_tokens, stop_ids=[], pad_id=0,
-                               stack_models=stack)
+                               max_new_tokens=new_tokens, stop_ids=[], pad_id=0, **options)
     self.new_tokens = new_tokens
 
   def generate(self, prompts, lam: float) -> np.ndarray:
@@ -414,7 +433,7 @@ def _check(methods, prompts, b_rows: int) -> dict:
   for lam in map(float, FLAGS.check_lambdas):
     ref = ours.generate(prompts, lam)
     entry = {}
-    for name in ("a_pair", "c_hf_loop"):
+    for name in [k for k in methods if k.startswith("a_") and k != "a_stacked"] + ["c_hf_loop"]:
       entry[name] = _first_mismatch(ref, methods[name].generate(prompts, lam))
     entry["b_hf_generate"] = _first_mismatch(
         ref[:b_rows], methods["b_hf_generate"].generate(prompts[:b_rows], lam))
@@ -437,7 +456,7 @@ def _new_tokens(name: str) -> int:
   return values[name]
 
 
-def _run_model(name: str, workdir: str, bandwidth: float) -> dict:
+def _run_model(name: str, workdir: str, bandwidth: float, read_bandwidth: float) -> dict:
   new_tokens = _new_tokens(name)
   batches = sorted(set(map(int, FLAGS.batch_sizes)))
   t0 = time.perf_counter()
@@ -455,10 +474,10 @@ def _run_model(name: str, workdir: str, bandwidth: float) -> dict:
         flush=True)
 
   def methods_for(n_new):
-    return {"a_stacked": _Ours(sft, aligned, stack=True, new_tokens=n_new,
-                               prompt_len=FLAGS.prompt_len),
-            "a_pair": _Ours(sft, aligned, stack=False, new_tokens=n_new,
-                            prompt_len=FLAGS.prompt_len),
+    variants = ["stacked", "pair"] + (["devices"] if jax.device_count() >= 2 else [])
+    ours = {f"a_{v}": _Ours(sft, aligned, variant=v, new_tokens=n_new,
+                            prompt_len=FLAGS.prompt_len) for v in variants}
+    return {**ours,
             "b_hf_generate": _HFGenerate(hf_sft, hf_aligned, new_tokens=n_new),
             "c_hf_loop": _HFLoop(hf_sft, hf_aligned, new_tokens=n_new)}
 
@@ -490,7 +509,8 @@ def _run_model(name: str, workdir: str, bandwidth: float) -> dict:
             f"prefill {r['prefill_ms']:.1f} ms, decode {r['decode_ms_per_step']:.2f} ms/step"
             + (f", compile {r['compile_seconds']:.1f}s" if "compile_seconds" in r else ""),
             flush=True)
-    best = max(("a_stacked", "a_pair"), key=lambda k: entry[k]["new_tokens_per_s"])
+    best = max([k for k in entry if k.startswith("a_")],
+               key=lambda k: entry[k]["new_tokens_per_s"])
     entry["a_best"] = best
     entry["stacked_vs_pair"] = (entry["a_stacked"]["new_tokens_per_s"]
                                 / entry["a_pair"]["new_tokens_per_s"])
@@ -502,11 +522,13 @@ def _run_model(name: str, workdir: str, bandwidth: float) -> dict:
 
   floor_ms = 1000 * weight_bytes / bandwidth
   row["floor"] = {"ms_per_step": floor_ms,
-                  "formula": "floor_ms = 1000 * weight_bytes_both_models / bandwidth_bytes_per_s"}
+                  "formula": "floor_ms = 1000 * weight_bytes_both_models / bandwidth_bytes_per_s",
+                  "read_ms_per_step": 1000 * weight_bytes / read_bandwidth,
+                  "read_formula": "1000 * weight_bytes_both_models / read_bytes_per_s"}
   targets = {}
   b1, b32 = row["batches"].get("1"), row["batches"].get("32")
   if b1:
-    for k in ("a_stacked", "a_pair", "b_hf_generate", "c_hf_loop"):
+    for k in [k for k in b1 if k.startswith(("a_", "b_", "c_")) and isinstance(b1[k], dict)]:
       b1[k]["decode_step_vs_floor"] = b1[k]["decode_ms_per_step"] / floor_ms
     targets["a_vs_b_batch1"] = {"measured": b1["a_vs_b"], "target": 2.0,
                                 "pass": bool(b1["a_vs_b"] >= 2.0)}
@@ -536,13 +558,14 @@ def _write(report: dict) -> None:
 
 def _table(report: dict) -> str:
   lines = [
-      "| model | batch | (a) stacked tok/s | (a) pair tok/s | (b) HF generate tok/s "
-      "| (c) HF loop tok/s | a/b | a/c | decode ms/step a·b·c | floor ms | a step/floor "
-      "| compile s (a) |",
-      "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+      "| model | batch | (a) stacked tok/s | (a) pair tok/s | (a) devices tok/s "
+      "| (b) HF generate tok/s | (c) HF loop tok/s | a/b | a/c | decode ms/step a·b·c "
+      "| floor ms (copy · read) | a step/floor (copy · read) | compile s (a) |",
+      "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
   tps = lambda e, k: f"{e[k]['new_tokens_per_s']:.1f}" if k in e else "–"
   for r in report["results"]:
     floor = r["floor"]["ms_per_step"] if "floor" in r else float("nan")
+    read_floor = r["floor"]["read_ms_per_step"] if "floor" in r else float("nan")
     for batch, e in r.get("batches", {}).items():
       best = e[e["a_best"]]
       steps = " · ".join(f"{e[k]['decode_ms_per_step']:.1f}" if k in e else "–"
@@ -550,9 +573,10 @@ def _table(report: dict) -> str:
       a_vs_b = f"{e['a_vs_b']:.2f}" if "a_vs_b" in e else "–"
       lines.append(
           f"| {r['model']} ({r['params_millions']:.0f}M) | {batch} | {tps(e, 'a_stacked')} "
-          f"| {tps(e, 'a_pair')} | {tps(e, 'b_hf_generate')} | {tps(e, 'c_hf_loop')} "
-          f"| {a_vs_b} | {e['a_vs_c']:.2f} | {steps} | {floor:.2f} "
-          f"| {best['decode_ms_per_step'] / floor:.2f} | {best['compile_seconds']:.1f} |")
+          f"| {tps(e, 'a_pair')} | {tps(e, 'a_devices')} | {tps(e, 'b_hf_generate')} "
+          f"| {tps(e, 'c_hf_loop')} | {a_vs_b} | {e['a_vs_c']:.2f} | {steps} "
+          f"| {floor:.3g} · {read_floor:.3g} | {best['decode_ms_per_step'] / floor:.2f} · "
+          f"{best['decode_ms_per_step'] / read_floor:.2f} | {best['compile_seconds']:.1f} |")
   lines += ["", "| model | target | measured | result |", "|---|---|---|---|"]
   for r in report["results"]:
     if not r["check"]["agree"]:
@@ -562,11 +586,12 @@ def _table(report: dict) -> str:
       lines.append(f"| {r['model']} | {TARGETS[key]} | {t['measured']:.2f} "
                    f"| {'pass' if t['pass'] else 'miss'} |")
   bw = report["bandwidth"]
-  lines += ["", f"(a) best of stacked/pair per row: " + ", ".join(
+  lines += ["", f"(a) best variant per row (stacked/pair): " + ", ".join(
       f"{r['model']}@{b}={e['a_best'].removeprefix('a_')} ({e['stacked_vs_pair']:.2f}x)"
       for r in report["results"] for b, e in r.get("batches", {}).items()),
-      f"bandwidth {bw['bytes_per_s'] / 1e9:.1f} GB/s (single thread "
-      f"{bw['single_thread_gb_s']:.1f}, {bw['threads']} threads {bw['multi_thread_gb_s']:.1f}); "
+      f"copy bandwidth {bw['bytes_per_s'] / 1e9:.1f} GB/s (single thread "
+      f"{bw['single_thread_gb_s']:.1f}, {bw['threads']} threads {bw['multi_thread_gb_s']:.1f}), "
+      f"read bandwidth {bw['read_bytes_per_s'] / 1e9:.1f} GB/s; "
       f"load average start {report['loadavg_start']}, end {report['loadavg_end']}; "
       f"cpu_count {report['machine']['cpu_count']}, torch threads "
       f"{report['machine']['torch_num_threads']}"]
@@ -594,7 +619,8 @@ def main(argv):
   failed = []
   try:
     for name in FLAGS.models:
-      row = _run_model(name, workdir, report["bandwidth"]["bytes_per_s"])
+      row = _run_model(name, workdir, report["bandwidth"]["bytes_per_s"],
+                       report["bandwidth"]["read_bytes_per_s"])
       report["results"].append(row)
       _write(report)
       if not row["check"]["agree"]:
