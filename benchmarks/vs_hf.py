@@ -62,6 +62,7 @@ from absl import app, flags
 from transformers import (AutoModelForCausalLM, DynamicCache, GenerationConfig, LogitsProcessor,
                           LogitsProcessorList)
 
+from benchmarks.report import cpu_model
 from dera_jax.models import fetch
 from dera_jax.models.gguf import load_gguf
 from dera_jax.models.hf import load_hf, save_hf
@@ -156,13 +157,8 @@ def _machine() -> dict:
           "cpu_count": os.cpu_count(), "jax": jax.__version__, "jax_device": str(jax.devices()[0]),
           "torch": torch.__version__, "transformers": transformers.__version__,
           "torch_num_threads": torch.get_num_threads(),
-          "torch_set_num_threads": "torch.set_num_threads(os.cpu_count())"}
-  try:
-    with open("/proc/cpuinfo") as f:
-      names = [l.split(":", 1)[1].strip() for l in f if l.startswith("model name")]
-    info["cpu_model"] = names[0] if names else None
-  except OSError:
-    pass
+          "torch_set_num_threads": "torch.set_num_threads(os.cpu_count())",
+          "cpu_model": cpu_model()}
   return info
 
 
