@@ -26,18 +26,16 @@ def main():
   assert {d.id for d in leaf.devices()} == {0, 1}, leaf.sharding
   assert leaf.addressable_shards[0].data.shape[0] == 1, "each device holds one model's half"
   prompts = [[5, 6, 7], [9], [11, 12, 13, 14, 15, 16, 17, 18], [20, 21]]
-  for call in ("call", "sweep"):
-    for temperature in (0.0, 1.0):
-      if call == "call":
-        args = dict(lambdas=[0.0, 0.5, 1.0, 2.5], seed=3, temperature=temperature, top_k=[0, 5, 0, 0], top_p=[1.0, 1.0, 0.8, 1.0])
-        a, b = one(prompts, **args), two(prompts, **args)
-      else:
-        args = dict(lambdas=[0.0, 0.5, 2.0], seed=4, temperature=temperature)
-        a, b = one.sweep(prompts, **args), two.sweep(prompts, **args)
-      np.testing.assert_array_equal(b.tokens, a.tokens)
-      np.testing.assert_array_equal(b.lengths, a.lengths)
-      for field in ("logprobs", "sft_logprobs", "aligned_logprobs"):
-        np.testing.assert_allclose(getattr(b, field), getattr(a, field), atol=1e-5)
+  # Per-row λ, temperature (0 = greedy), top-k and top-p in one call; a sweep.
+  call = dict(lambdas=[0.0, 0.5, 1.0, 2.5], seed=3, temperature=[1.0, 0.0, 0.7, 1.3],
+              top_k=[0, 5, 0, 0], top_p=[1.0, 1.0, 0.8, 1.0])
+  sweep = dict(lambdas=[0.0, 0.5, 2.0], seed=4, temperature=1.0)
+  for a, b in [(one(prompts, **call), two(prompts, **call)),
+               (one.sweep(prompts, **sweep), two.sweep(prompts, **sweep))]:
+    np.testing.assert_array_equal(b.tokens, a.tokens)
+    np.testing.assert_array_equal(b.lengths, a.lengths)
+    for field in ("logprobs", "sft_logprobs", "aligned_logprobs"):
+      np.testing.assert_allclose(getattr(b, field), getattr(a, field), atol=1e-5)
   # New weights reach both devices.
   tuned = Transformer(cfg, rngs=nnx.Rngs(2))
   one.update_weights(sft, tuned)

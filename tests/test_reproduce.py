@@ -97,6 +97,7 @@ def test_a_workdir_of_another_config_is_refused_at_start_up(run, tmp_path):
                    r"0.003, now 0.01", out), out[-2000:]
 
 
+@pytest.mark.slow  # ~40 s; the default suite runs the same pipeline on the length task
 def test_the_hallucination_config_runs_every_stage_with_a_tiny_model(tmp_path):
   code, out = _reproduce(tmp_path, config="configs/hallucination.py")
   assert code == 0, out[-4000:]

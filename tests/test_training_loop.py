@@ -39,6 +39,7 @@ def _metrics(workdir):
     return {row["step"]: row for row in map(json.loads, f) if "loss" in row}
 
 
+@pytest.mark.slow  # ~20 s: a training process killed mid-run and resumed
 def test_resume_after_sigkill_gives_the_uninterrupted_metrics(tmp_path):
   code, out = _train_sft(tmp_path / "straight")
   assert code == 0, out[-3000:]
