@@ -43,6 +43,24 @@ def main():
   a = one(prompts, lambdas=1.0, seed=0, temperature=0.0)
   b = two(prompts, lambdas=1.0, seed=0, temperature=0.0)
   np.testing.assert_array_equal(b.tokens, a.tokens)
+  # Any iterable of two devices; a model of another architecture is refused by update_weights.
+  as_array = DeRaSampler(sft, tuned, pair_devices=np.array(jax.devices()[:2]), **kwargs)
+  np.testing.assert_array_equal(as_array(prompts, lambdas=1.0, seed=0, temperature=0.0).tokens,
+                                one(prompts, lambdas=1.0, seed=0, temperature=0.0).tokens)
+  other_vocab = Transformer(tiny_config(vocab_size=101), rngs=nnx.Rngs(4))
+  try:
+    two.update_weights(sft, Transformer(tiny_config(vocab_size=97, mlp_dim=96), rngs=nnx.Rngs(3)))
+  except ValueError as e:
+    assert "update_weights: the models' architectures differ" in str(e), e
+  else:
+    raise AssertionError("update_weights took a model of another architecture")
+  try:
+    DeRaSampler(sft, other_vocab, pair_devices=jax.devices()[:2], shared_vocab_prefix=True,
+                **kwargs)
+  except ValueError as e:
+    assert "vocabularies differ (97 and 101 tokens)" in str(e), e
+  else:
+    raise AssertionError("pair_devices took two vocabularies")
   # Bad input: two architectures, or stacking refused.
   other = Transformer(tiny_config(vocab_size=97, mlp_dim=96), rngs=nnx.Rngs(3))
   for models, extra, message in [((sft, other), {}, "pair_devices needs two models of one"),

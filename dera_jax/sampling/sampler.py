@@ -329,10 +329,14 @@ def _pair_mesh(pair_devices, stack_models) -> Mesh | None:
   """The "pair" mesh of `pair_devices` (two distinct devices), or None."""
   if pair_devices is None:
     return None
-  devices = list(pair_devices) if isinstance(pair_devices, (list, tuple)) else None
+  try:  # any iterable of devices: a list, a tuple, a numpy array, mesh.devices.flat
+    devices = None if isinstance(pair_devices, str) else list(pair_devices)
+  except TypeError:
+    devices = None
   if (devices is None or len(devices) != 2 or
       not all(isinstance(d, jax.Device) for d in devices) or devices[0] == devices[1]):
-    raise ValueError(f"pair_devices={pair_devices!r}: must be two distinct jax devices, e.g. "
+    shown = pair_devices if devices is None else devices
+    raise ValueError(f"pair_devices={shown!r}: must be two distinct jax devices, e.g. "
                      f"jax.devices()[:2] (this process has {jax.device_count()}; on a CPU "
                      "host start it with XLA_FLAGS=--xla_force_host_platform_device_count=2)")
   if stack_models is False:
@@ -374,7 +378,7 @@ class _SamplerBase:
     self._mesh = _pair_mesh(pair_devices, stack_models)
     self._states, self._spec = self._load(models)
 
-  def _load(self, models) -> tuple[Any, _Spec]:
+  def _load(self, models, *, updating: bool = False) -> tuple[Any, _Spec]:
     """Split (and maybe stack) the models' weights: the snapshot the sampler decodes with."""
     stack_models = self._stack_models
     split = [nnx.split(_decode_layout(m)) for m in models]
@@ -390,8 +394,16 @@ class _SamplerBase:
         raise ValueError("stack_models=True needs two models of one architecture (equal "
                          "configs and parameter shapes); use 'auto' or False")
       if self._mesh is not None and not same:
+        if updating:
+          raise ValueError("update_weights: the models' architectures differ from the ones the "
+                           "sampler was built with; build a new sampler instead")
+        vocabs = [int(m.vocab_size) for m in models]
+        detail = (f"; their vocabularies differ ({vocabs[0]} and {vocabs[1]} tokens), which "
+                  "shared_vocab_prefix handles only on one device" if vocabs[0] != vocabs[1]
+                  else "")
         raise ValueError("pair_devices needs two models of one architecture (equal configs "
-                         "and parameter shapes); leave it None to run both on one device")
+                         f"and parameter shapes){detail}; leave it None to run both on one "
+                         "device")
       # On CPU one vmapped call measured no faster than two plain calls (0.9-1.1x,
       # benchmarks/sampler.py), and stacking copies both models' weights: "auto" stacks on
       # accelerators only, where one call saves a kernel launch per op.
@@ -425,7 +437,7 @@ class _SamplerBase:
                        f"({', '.join(self._names)}), got {len(models)}")
     for name, model in zip(self._names, models):
       _check_model(name, model)
-    states, spec = self._load(models)
+    states, spec = self._load(models, updating=True)
     if spec != self._spec:
       raise ValueError("update_weights: the models' architectures differ from the ones the "
                        "sampler was built with; build a new sampler instead")
