@@ -452,7 +452,9 @@ def _new_tokens(name: str) -> int:
   return values[name]
 
 
-def _run_model(name: str, workdir: str, bandwidth: float, read_bandwidth: float) -> dict:
+def _run_model(name: str, workdir: str, bandwidth: dict) -> dict:
+  """One model pair: check, time every method at every batch size, compare with the floors
+  (`bandwidth`: what `_memory_bandwidth` measured)."""
   new_tokens = _new_tokens(name)
   batches = sorted(set(map(int, FLAGS.batch_sizes)))
   t0 = time.perf_counter()
@@ -505,7 +507,7 @@ def _run_model(name: str, workdir: str, bandwidth: float, read_bandwidth: float)
             f"prefill {r['prefill_ms']:.1f} ms, decode {r['decode_ms_per_step']:.2f} ms/step"
             + (f", compile {r['compile_seconds']:.1f}s" if "compile_seconds" in r else ""),
             flush=True)
-    best = max([k for k in entry if k.startswith("a_")],
+    best = max([k for k in methods if k.startswith("a_")],
                key=lambda k: entry[k]["new_tokens_per_s"])
     entry["a_best"] = best
     entry["stacked_vs_pair"] = (entry["a_stacked"]["new_tokens_per_s"]
@@ -516,15 +518,15 @@ def _run_model(name: str, workdir: str, bandwidth: float, read_bandwidth: float)
           "new_tokens_per_s"]
     row["batches"][str(batch)] = entry
 
-  floor_ms = 1000 * weight_bytes / bandwidth
+  floor_ms = 1000 * weight_bytes / bandwidth["bytes_per_s"]
   row["floor"] = {"ms_per_step": floor_ms,
                   "formula": "floor_ms = 1000 * weight_bytes_both_models / bandwidth_bytes_per_s",
-                  "read_ms_per_step": 1000 * weight_bytes / read_bandwidth,
+                  "read_ms_per_step": 1000 * weight_bytes / bandwidth["read_bytes_per_s"],
                   "read_formula": "1000 * weight_bytes_both_models / read_bytes_per_s"}
   targets = {}
   b1, b32 = row["batches"].get("1"), row["batches"].get("32")
   if b1:
-    for k in [k for k in b1 if k.startswith(("a_", "b_", "c_")) and isinstance(b1[k], dict)]:
+    for k in [k for k in methods if k in b1]:
       b1[k]["decode_step_vs_floor"] = b1[k]["decode_ms_per_step"] / floor_ms
     targets["a_vs_b_batch1"] = {"measured": b1["a_vs_b"], "target": 2.0,
                                 "pass": bool(b1["a_vs_b"] >= 2.0)}
@@ -615,8 +617,7 @@ def main(argv):
   failed = []
   try:
     for name in FLAGS.models:
-      row = _run_model(name, workdir, report["bandwidth"]["bytes_per_s"],
-                       report["bandwidth"]["read_bytes_per_s"])
+      row = _run_model(name, workdir, report["bandwidth"])
       report["results"].append(row)
       _write(report)
       if not row["check"]["agree"]:

@@ -95,7 +95,7 @@ def _single_query_attention(q: jax.Array, k: jax.Array, v: jax.Array, allowed: j
 
   With T = 1 the batched matmuls are B·KV matrix-vector products, which XLA:CPU runs as a
   loop of tiny dots; elementwise products reduced over hd and S fuse into two loops instead
-  (~100M Llama pair, batch 32, S = 64: ~16 ms of a 139 ms step were attention).
+  (~100M Llama pair, batch 32, S = 512: 282 -> 197 ms per decode step).
   q: [B, 1, H, hd]; k, v: [B, S, KV, hd]; allowed: [B, 1, S] -> [B, 1, H, hd].
   """
   b, _, h, hd = q.shape

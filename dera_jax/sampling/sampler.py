@@ -137,14 +137,14 @@ def _accepts_last_only(model_type) -> bool:
 
 def _run_models(spec: _Spec, states, caches, tokens, positions, mask):
   """All models on a chunk -> log-probs [n_models, N, spec.vocab] and their caches."""
-  if spec.mode == "stacked" and spec.mesh is not None:
-    lp, caches = _run_on_pair_devices(spec, states, caches, tokens, positions, mask)
-    return lp[..., :spec.vocab], caches
   if spec.mode == "stacked":
-    fn = functools.partial(_last_log_probs, spec.graphdefs[0])
     axes = jax.tree.unflatten(jax.tree.structure(states), spec.model_axes)
-    lp, caches = jax.vmap(fn, in_axes=(axes, None, None, None, 0))(
-        states, tokens, positions, mask, caches)
+    if spec.mesh is not None:
+      lp, caches = _run_on_pair_devices(spec, axes, states, caches, tokens, positions, mask)
+    else:
+      fn = functools.partial(_last_log_probs, spec.graphdefs[0])
+      lp, caches = jax.vmap(fn, in_axes=(axes, None, None, None, 0))(
+          states, tokens, positions, mask, caches)
     return lp[..., :spec.vocab], caches
   outs = [_last_log_probs(g, s, tokens, positions, mask, c)
           for g, s, c in zip(spec.graphdefs, states, caches)]
@@ -157,10 +157,10 @@ def _pair_spec(axis: int, ndim: int) -> PartitionSpec:
   return PartitionSpec(*[("pair" if i == axis else None) for i in range(ndim)])
 
 
-def _run_on_pair_devices(spec: _Spec, states, caches, tokens, positions, mask):
-  """`_run_models` for stacked states split over `spec.mesh`: each device runs its own model
-  (a `shard_map`, so neither device sees the other's weights). -> lp [2, N, V], caches."""
-  axes = jax.tree.unflatten(jax.tree.structure(states), spec.model_axes)
+def _run_on_pair_devices(spec: _Spec, axes, states, caches, tokens, positions, mask):
+  """`_run_models` for stacked states split over `spec.mesh` (`axes`: each leaf's model axis):
+  each device runs its own model (a `shard_map`, so neither device sees the other's weights).
+  -> lp [2, N, V], caches."""
   state_specs = jax.tree.map(lambda axis, x: _pair_spec(axis, x.ndim), axes, states)
   cache_specs = jax.tree.map(lambda x: PartitionSpec("pair"), caches)
 
@@ -377,8 +377,15 @@ class _SamplerBase:
     self._stack_models = stack_models
     self._mesh = _pair_mesh(pair_devices, stack_models)
     self._states, self._spec = self._load(models)
+    if self._mesh is not None and self._spec.mode != "stacked":
+      detail = (f"; their vocabularies differ ({vocabs[0]} and {vocabs[1]} tokens), which "
+                "shared_vocab_prefix handles only on one device" if vocabs[0] != vocabs[1]
+                else "")
+      raise ValueError("pair_devices needs two models of one architecture (equal configs "
+                       f"and parameter shapes){detail}; leave it None to run both on one "
+                       "device")
 
-  def _load(self, models, *, updating: bool = False) -> tuple[Any, _Spec]:
+  def _load(self, models) -> tuple[Any, _Spec]:
     """Split (and maybe stack) the models' weights: the snapshot the sampler decodes with."""
     stack_models = self._stack_models
     split = [nnx.split(_decode_layout(m)) for m in models]
@@ -393,22 +400,12 @@ class _SamplerBase:
       if stack_models is True and not same:
         raise ValueError("stack_models=True needs two models of one architecture (equal "
                          "configs and parameter shapes); use 'auto' or False")
-      if self._mesh is not None and not same:
-        if updating:
-          raise ValueError("update_weights: the models' architectures differ from the ones the "
-                           "sampler was built with; build a new sampler instead")
-        vocabs = [int(m.vocab_size) for m in models]
-        detail = (f"; their vocabularies differ ({vocabs[0]} and {vocabs[1]} tokens), which "
-                  "shared_vocab_prefix handles only on one device" if vocabs[0] != vocabs[1]
-                  else "")
-        raise ValueError("pair_devices needs two models of one architecture (equal configs "
-                         f"and parameter shapes){detail}; leave it None to run both on one "
-                         "device")
       # On CPU one vmapped call measured no faster than two plain calls (0.9-1.1x,
       # benchmarks/sampler.py), and stacking copies both models' weights: "auto" stacks on
       # accelerators only, where one call saves a kernel launch per op.
       auto_stack = same and jax.default_backend() != "cpu"
-      mode = "stacked" if (stack_models is True or self._mesh is not None or
+      # pair_devices stacks when it can; _setup refuses two architectures.
+      mode = "stacked" if (stack_models is True or (self._mesh is not None and same) or
                            (stack_models == "auto" and auto_stack)) else "pair"
     model_axes = ()
     if mode == "stacked":
@@ -437,7 +434,7 @@ class _SamplerBase:
                        f"({', '.join(self._names)}), got {len(models)}")
     for name, model in zip(self._names, models):
       _check_model(name, model)
-    states, spec = self._load(models, updating=True)
+    states, spec = self._load(models)
     if spec != self._spec:
       raise ValueError("update_weights: the models' architectures differ from the ones the "
                        "sampler was built with; build a new sampler instead")
